@@ -1,0 +1,359 @@
+"""Typed configuration: defaults, YAML overlays and `--set key=value`, validated at start-up.
+
+Order (DESIGN.md §3): the defaults below, then `conf/base.yaml` (which states every default with a
+comment; a test keeps the two equal), then each `--conf` file in turn, then each `--set`. Mappings merge
+deeply; lists and scalars replace. An unknown key or a value of the wrong type is a `ConfigError`
+naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from segmentation.errors import ConfigError
+
+Scalar = Union[str, int, float, bool]  # noqa: UP007 - kept as typing.Union for _coerce
+
+CANONICAL_FIELDS = (
+    "user_id",
+    "event_time",
+    "event_type",
+    "item_id",
+    "category",
+    "value",
+    "quantity",
+    "session_id",
+    "device",
+)
+EVENT_TYPES = ("view", "search", "cart", "purchase", "rate", "other")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class SparkConfig:
+    master: str | None = None
+    app_name: str = "segmentation"
+    log_level: str = "WARN"
+    conf: dict[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass
+class StorageConfig:
+    root: str = "./data/lake"
+    engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
+    catalog: str | None = None
+    schema: str | None = None
+    artifacts: str | None = None
+
+
+@dataclass
+class InputConfig:
+    path: str = "./data/raw"
+    format: Literal["json", "csv", "parquet", "text"] = "json"
+    options: dict[str, Scalar] = field(default_factory=dict)
+    pattern: str | None = None
+    mapping: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, Scalar] = field(default_factory=dict)
+    time_format: str | None = None
+    event_types: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "view": ["view", "page_view", "pageview", "detail"],
+            "search": ["search", "query"],
+            "cart": ["cart", "add_to_cart", "addtocart"],
+            "purchase": ["purchase", "order", "transaction", "buy"],
+            "rate": ["rate", "rating", "review"],
+        }
+    )
+    unknown_event_type: Literal["quarantine", "other"] = "quarantine"
+
+
+@dataclass
+class IngestConfig:
+    session_gap_minutes: int = 30
+    future_tolerance_minutes: int = 60
+    bot_max_events_per_day: int = 1000
+
+
+@dataclass
+class GenerateConfig:
+    users: int = 2000
+    days: int = 30
+    seed: int = 42
+    start_date: str = "2026-09-01"
+    dirty_share: float = 0.02
+    bot_users: int = 5
+    partitions: int | None = None
+
+
+@dataclass
+class FeaturesConfig:
+    as_of: str | None = None
+    lookback_days: int | None = None
+    min_events: int = 1
+    clip_std: float = 5.0
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 5
+    num_processes: int = 2
+    local_mode: bool = True
+    use_gpu: bool = False
+    feeder: Literal["auto", "petastorm", "arrow"] = "auto"
+    batch_size: int = 256
+    learning_rate: float = 0.001
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
+    embedding_dim: int = 8
+    seed: int = 42
+
+
+@dataclass
+class EmbedConfig:
+    batch_size: int = 4096
+
+
+@dataclass
+class ClusteringConfig:
+    k: list[int] = field(default_factory=lambda: [4, 5, 6])
+    algorithms: list[Literal["kmeans", "bisecting_kmeans"]] = field(
+        default_factory=lambda: ["kmeans", "bisecting_kmeans"]
+    )
+    seed: int = 42
+    max_iter: int = 50
+
+
+@dataclass
+class ReportConfig:
+    path: str = "./data/reports"
+
+
+@dataclass
+class PrivacyConfig:
+    pseudonymize: bool = False
+    key_env: str = "SEGMENTATION_HMAC_KEY"
+    min_segment_size: int = 50
+
+
+@dataclass
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+    @property
+    def artifacts_root(self) -> str:
+        """Where models, scaling statistics and other non-table artifacts live."""
+        return self.storage.artifacts or str(Path(self.storage.root) / "_artifacts")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+BASE_CONF = Path(__file__).resolve().parents[2] / "conf" / "base.yaml"
+
+
+def load_config(conf_files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated `Config` from base.yaml, the overlays in order, then `key=value` overrides."""
+    merged: dict[str, Any] = {}
+    layers = ([str(BASE_CONF)] if BASE_CONF.is_file() else []) + list(conf_files)
+    for path in layers:
+        merged = deep_merge(merged, _read_yaml(path))
+    for item in overrides:
+        merged = deep_merge(merged, parse_override(item))
+    return build_config(merged)
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Validate a nested mapping against the schema and return the typed config."""
+    cfg = _coerce(data, Config, "")
+    _check_values(cfg)
+    return cfg
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """`a.b.c=value` → {"a": {"b": {"c": value}}}, the value parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value is not valid YAML ({exc.__class__.__name__})") from None
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else in `overlay` replaces what `base` had."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    where = key or "<top level>"
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}' must be a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        known = {f.name for f in dataclasses.fields(tp)}
+        for name in value:
+            if name not in known:
+                dotted = f"{key}.{name}" if key else str(name)
+                raise ConfigError(f"unknown config key '{dotted}'")
+        kwargs = {
+            name: _coerce(value[name], hints[name], f"{key}.{name}" if key else name)
+            for name in known
+            if name in value
+        }
+        return tp(**kwargs)
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{where}' must be one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{where}' must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}' must be a mapping, got {type(value).__name__}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{where}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{where}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{where}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        # YAML reads 2026-09-01 as a date; a string-typed key takes it back as written.
+        if isinstance(value, dt.date | dt.datetime):
+            return value.isoformat()
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{where}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{where}' has an unsupported type {tp!r}")  # pragma: no cover
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {message}")
+
+
+def _check_values(cfg: Config) -> None:
+    """Checks that types alone cannot express; each names the offending key."""
+    _require(cfg.generate.users >= 1, "generate.users", "must be at least 1")
+    _require(cfg.generate.days >= 1, "generate.days", "must be at least 1")
+    _require(0 <= cfg.generate.dirty_share < 0.5, "generate.dirty_share", "must be in [0, 0.5)")
+    _require(cfg.generate.bot_users >= 0, "generate.bot_users", "must not be negative")
+    try:
+        dt.date.fromisoformat(cfg.generate.start_date)
+    except ValueError:
+        raise ConfigError(f"config key 'generate.start_date' must be a date YYYY-MM-DD, got {cfg.generate.start_date!r}") from None
+    _require(cfg.ingest.session_gap_minutes > 0, "ingest.session_gap_minutes", "must be positive")
+    _require(cfg.ingest.bot_max_events_per_day > 0, "ingest.bot_max_events_per_day", "must be positive")
+    _require(cfg.features.min_events >= 1, "features.min_events", "must be at least 1")
+    _require(cfg.features.clip_std > 0, "features.clip_std", "must be positive")
+    if cfg.features.as_of is not None:
+        try:
+            dt.datetime.fromisoformat(cfg.features.as_of)
+        except ValueError:
+            raise ConfigError(f"config key 'features.as_of' must be an ISO-8601 date or time, got {cfg.features.as_of!r}") from None
+    _require(cfg.training.epochs >= 1, "training.epochs", "must be at least 1")
+    _require(cfg.training.num_processes >= 1, "training.num_processes", "must be at least 1")
+    _require(cfg.training.batch_size >= 1, "training.batch_size", "must be at least 1")
+    _require(cfg.training.learning_rate > 0, "training.learning_rate", "must be positive")
+    _require(cfg.training.embedding_dim >= 1, "training.embedding_dim", "must be at least 1")
+    _require(all(h >= 1 for h in cfg.training.hidden_sizes), "training.hidden_sizes", "must hold positive sizes")
+    _require(cfg.embed.batch_size >= 1, "embed.batch_size", "must be at least 1")
+    _require(len(cfg.clustering.k) > 0, "clustering.k", "must list at least one k")
+    _require(all(k >= 2 for k in cfg.clustering.k), "clustering.k", "must hold values of at least 2")
+    _require(len(cfg.clustering.algorithms) > 0, "clustering.algorithms", "must list at least one algorithm")
+    _require(cfg.clustering.max_iter >= 1, "clustering.max_iter", "must be at least 1")
+    _require(cfg.privacy.min_segment_size >= 0, "privacy.min_segment_size", "must not be negative")
+    for name in ("catalog", "schema"):
+        value = getattr(cfg.storage, name)
+        _require(value is None or bool(_IDENTIFIER.match(value)), f"storage.{name}", "must be a plain SQL identifier")
+    _require((cfg.storage.catalog is None) or (cfg.storage.schema is not None), "storage.schema", "is required when storage.catalog is set")
+    for name in cfg.input.mapping:
+        _require(name in CANONICAL_FIELDS, f"input.mapping.{name}", f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})")
+    for name in cfg.input.constants:
+        _require(name in CANONICAL_FIELDS, f"input.constants.{name}", f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})")
+    for name in cfg.input.event_types:
+        _require(name in EVENT_TYPES, f"input.event_types.{name}", f"is not a canonical event type ({', '.join(EVENT_TYPES)})")
+    if cfg.input.format == "text":
+        _require(cfg.input.pattern is not None, "input.pattern", "is required when input.format is text")

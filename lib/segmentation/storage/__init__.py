@@ -1,0 +1,26 @@
+"""The table layer: one small API over two Delta engines (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import SparkSession
+
+from segmentation.config import StorageConfig
+from segmentation.storage.base import TableStore, Txn
+from segmentation.storage.delta_rs import DeltaRsStore
+from segmentation.storage.delta_spark import DeltaSparkStore, delta_spark_available
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TableStore", "Txn", "open_store", "DeltaRsStore", "DeltaSparkStore"]
+
+
+def open_store(spark: SparkSession, cfg: StorageConfig) -> TableStore:
+    """The store for `storage.engine`; `auto` takes delta-spark when its jars are loaded."""
+    engine = cfg.engine
+    if engine == "auto":
+        engine = "delta-spark" if delta_spark_available(spark) else "delta-rs"
+    store: TableStore = DeltaSparkStore(spark, cfg) if engine == "delta-spark" else DeltaRsStore(spark, cfg)
+    log.info("table layer: %s engine, tables under %s", store.engine_name, cfg.catalog or cfg.root)
+    return store

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds .venv/ from the committed locks on a bare machine: Java check, torch (CPU wheel) first,
+# then the development lock, then the package itself (editable, no dependency resolution).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv
+PYTHON=${PYTHON:-python3}
+
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1 || true)
+if [ -z "${java_major}" ] || [ "${java_major}" -lt 17 ]; then
+  echo "setup: Java 17 or newer is required by Spark 4 (found: ${java_major:-none})." >&2
+  echo "setup: install it, e.g. 'apt-get install -y openjdk-17-jre-headless', or set JAVA_HOME." >&2
+  exit 1
+fi
+
+py_ok=$("$PYTHON" -c 'import sys; print(int(sys.version_info[:2] == (3, 11)))')
+if [ "$py_ok" != "1" ]; then
+  echo "setup: Python 3.11 is required (found $("$PYTHON" --version 2>&1))." >&2
+  exit 1
+fi
+
+rm -rf "$VENV"
+"$PYTHON" -m venv "$VENV"
+PIP="$VENV/bin/pip --disable-pip-version-check"
+# torch first: 'torch==2.13.0' resolves to the CPU wheel here; any other spec pulls CUDA packages.
+$PIP install --quiet "torch==2.13.0"
+$PIP install --quiet -r requirements/dev.lock -r requirements/test.lock
+$PIP install --quiet --no-deps -e .
+$PIP check
+
+# spark-submit picks the driver and worker Python from SPARK_HOME/conf; point both at this venv so
+# '.venv/bin/spark-submit jobs/<stage>.py' works without activating the venv.
+spark_home=$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
+mkdir -p "$spark_home/conf"
+venv_python=$(cd "$VENV/bin" && pwd)/python
+cat > "$spark_home/conf/spark-defaults.conf" <<CONF
+spark.pyspark.python        $venv_python
+spark.pyspark.driver.python $venv_python
+CONF
+touch "$VENV/.setup-done"
+echo "setup: .venv ready ($("$VENV/bin/python" -c 'import pyspark, torch; print("pyspark", pyspark.__version__, "torch", torch.__version__)'))"
