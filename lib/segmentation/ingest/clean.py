@@ -1,0 +1,182 @@
+"""Pure cleaning steps: parsed raw records → canonical, validated, deduplicated events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import DataType, NumericType, StructType
+
+from segmentation.config import CANONICAL_FIELDS, IngestConfig, InputConfig
+from segmentation.errors import ConfigError
+from segmentation.ingest.readers import CORRUPT
+
+REQUIRED_FIELDS = ("user_id", "event_time")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A data-quality expectation: rows for which `violated` (Spark SQL) is true get `reason`."""
+
+    reason: str
+    violated: str
+    action: str = "quarantine"  # quarantine | warn | fail
+
+
+def builtin_rules(input_cfg: InputConfig, ingest_cfg: IngestConfig) -> list[Rule]:
+    """The built-in rules, in priority order: a record is quarantined for the first one it breaks."""
+    rules = [
+        Rule("malformed_record", "_parsed IS NULL"),
+        Rule("missing_user_id", "user_id IS NULL OR trim(user_id) = ''"),
+        Rule("invalid_timestamp", "event_time IS NULL"),
+        Rule(
+            "future_timestamp",
+            f"event_time > current_timestamp() + INTERVAL {ingest_cfg.future_tolerance_minutes} MINUTES",
+        ),
+    ]
+    if input_cfg.unknown_event_type == "quarantine":
+        rules.append(Rule("unknown_event_type", "event_type_raw IS NOT NULL AND event_type IS NULL"))
+    rules.append(Rule("negative_value", "coalesce(value, 0) < 0 OR coalesce(quantity, 0) < 0"))
+    return rules
+
+
+def _resolve(schema: StructType, path: str) -> DataType | None:
+    """The type at a dotted path inside `schema`, or None when the path does not exist."""
+    node: DataType = schema
+    for part in path.split("."):
+        if not isinstance(node, StructType) or part not in node.fieldNames():
+            return None
+        node = node[part].dataType
+    return node
+
+
+def source_columns(parsed: DataFrame, cfg: InputConfig) -> dict[str, tuple[Column, DataType | None]]:
+    """For each canonical field, the column that feeds it (mapping, constant, or same-named column)."""
+    rec_schema = parsed.schema["rec"].dataType
+    out: dict[str, tuple[Column, DataType | None]] = {}
+    for name in CANONICAL_FIELDS:
+        if name in cfg.mapping:
+            path = cfg.mapping[name]
+            tp = _resolve(rec_schema, path)
+            if tp is None:
+                raise ConfigError(f"input.mapping.{name} names {path!r}, which the input does not have")
+            out[name] = (F.col("rec." + ".".join(f"`{p}`" for p in path.split("."))), tp)
+        elif name in cfg.constants:
+            out[name] = (F.lit(cfg.constants[name]), None)
+        elif name in rec_schema.fieldNames():
+            out[name] = (F.col(f"rec.`{name}`"), rec_schema[name].dataType)
+    for name in REQUIRED_FIELDS:
+        if name not in out:
+            raise ConfigError(f"the input has no column {name!r}: set input.mapping.{name} to the source column")
+    return out
+
+
+def _event_time(col: Column, tp: DataType | None, time_format: str | None) -> Column:
+    if isinstance(tp, NumericType):
+        # Epoch numbers: values above 1e11 can only be milliseconds (1e11 s is the year 5138).
+        seconds = F.when(F.abs(col) > 1e11, col / 1000).otherwise(col)
+        return F.timestamp_seconds(seconds.cast("double"))
+    text = F.trim(col.cast("string"))
+    return F.try_to_timestamp(text, F.lit(time_format)) if time_format else F.try_to_timestamp(text)
+
+
+def _normalized(col: Column) -> Column:
+    text = F.lower(F.trim(col.cast("string")))
+    return F.when(text == "", None).otherwise(text)
+
+
+def canonicalize(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
+    """Parsed raw records → canonical columns (untrusted yet).
+
+    Input: raw_record, source_file, rec. Output: raw_record, source_file, `_parsed` (non-null when
+    the record parsed), the canonical fields (user_id, event_time UTC, event_type or null when
+    unmapped, item_id, category, value, quantity, session_id, device) and event_type_raw.
+    """
+    sources = source_columns(parsed, cfg)
+
+    def src(name: str) -> Column:
+        return sources[name][0] if name in sources else F.lit(None)
+
+    type_map = {raw.strip().lower(): canonical for canonical, raws in cfg.event_types.items() for raw in raws}
+    type_lookup = F.create_map(*[F.lit(x) for x in chain.from_iterable(type_map.items())]) if type_map else None
+    raw_type = _normalized(src("event_type")) if "event_type" in sources else F.lit(None).cast("string")
+    mapped_type = type_lookup[raw_type] if type_lookup is not None else F.lit(None).cast("string")
+    if cfg.unknown_event_type == "other":
+        mapped_type = F.when(raw_type.isNotNull(), F.coalesce(mapped_type, F.lit("other")))
+    if "event_type" not in sources:
+        mapped_type = F.lit("other")
+
+    user = F.trim(src("user_id").cast("string"))
+    parsed_ok = F.col("rec").isNotNull() & F.col(f"rec.{CORRUPT}").isNull()
+    return parsed.select(
+        "raw_record",
+        "source_file",
+        F.when(parsed_ok, F.lit(True)).alias("_parsed"),
+        F.when(user != "", user).alias("user_id"),
+        _event_time(src("event_time"), sources["event_time"][1], cfg.time_format).alias("event_time"),
+        raw_type.alias("event_type_raw"),
+        mapped_type.alias("event_type"),
+        src("item_id").cast("string").alias("item_id"),
+        _normalized(src("category")).alias("category"),
+        src("value").try_cast("double").alias("value"),
+        src("quantity").try_cast("double").try_cast("long").alias("quantity"),
+        src("session_id").cast("string").alias("session_id"),
+        _normalized(src("device")).alias("device"),
+    )
+
+
+def classify(events: DataFrame, rules: list[Rule]) -> DataFrame:
+    """Add `reject_reason`: the first quarantine rule the row breaks, or null for a good row."""
+    reason: Column = F.lit(None).cast("string")
+    for rule in reversed([r for r in rules if r.action == "quarantine"]):
+        reason = F.when(F.expr(rule.violated), F.lit(rule.reason)).otherwise(reason)
+    return events.withColumn("reject_reason", reason)
+
+
+def with_event_id(events: DataFrame) -> DataFrame:
+    """`event_id`: a deterministic hash of the source record, so exact duplicates share it."""
+    return events.withColumn("event_id", F.substring(F.sha2(F.col("raw_record"), 256), 1, 32))
+
+
+def sessionize(events: DataFrame, gap_minutes: int) -> DataFrame:
+    """Fill a missing `session_id`: a user's session ends after `gap_minutes` without events.
+
+    Input: user_id, event_time, session_id (may be null). Output: the same columns, session_id set
+    to `<user_id>-<epoch seconds of the session's first event>` where it was null.
+    """
+    by_user = Window.partitionBy("user_id").orderBy("event_time", "event_id")
+    previous = F.lag("event_time").over(by_user)
+    starts = previous.isNull() | (
+        F.col("event_time").cast("long") - previous.cast("long") > gap_minutes * 60
+    )
+    with_start = events.withColumn(
+        "_session_start",
+        F.when(starts, F.col("event_time").cast("long")),
+    ).withColumn(
+        "_session_start",
+        F.last("_session_start", ignorenulls=True).over(by_user.rowsBetween(Window.unboundedPreceding, 0)),
+    )
+    derived = F.concat_ws("-", F.col("user_id"), F.col("_session_start").cast("string"))
+    return with_start.withColumn("session_id", F.coalesce(F.col("session_id"), derived)).drop("_session_start")
+
+
+def flag_bots(events: DataFrame, max_events_per_day: int) -> DataFrame:
+    """Add `is_bot` and `bot_reason`: users above `max_events_per_day` on any day.
+
+    Input: user_id, event_date. Output: the input columns plus is_bot (boolean), bot_reason (string).
+    """
+    busiest = (
+        events.groupBy("user_id", "event_date")
+        .count()
+        .groupBy("user_id")
+        .agg(F.max("count").alias("_max_per_day"))
+        .where(F.col("_max_per_day") > max_events_per_day)
+        .select(
+            "user_id",
+            F.lit(True).alias("is_bot"),
+            F.lit(f"events_per_day>{max_events_per_day}").alias("bot_reason"),
+        )
+    )
+    return events.join(busiest, "user_id", "left").withColumn("is_bot", F.coalesce("is_bot", F.lit(False)))
