@@ -104,13 +104,13 @@ class FeaturesConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 5
+    epochs: int = 20
     num_processes: int = 2
     local_mode: bool = True
     use_gpu: bool = False
     feeder: Literal["auto", "petastorm", "arrow"] = "auto"
     batch_size: int = 256
-    learning_rate: float = 0.001
+    learning_rate: float = 0.002
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     embedding_dim: int = 8
     seed: int = 42
@@ -128,7 +128,7 @@ class ClusteringConfig:
         default_factory=lambda: ["kmeans", "bisecting_kmeans"]
     )
     seed: int = 42
-    max_iter: int = 50
+    max_iter: int = 20
 
 
 @dataclass

@@ -1,0 +1,169 @@
+"""`segment <stage> --conf FILE [--conf FILE ...] [--set key=value ...]` (DESIGN.md §3).
+
+Results go to stdout, progress to stderr; any failure exits non-zero with a one-line reason.
+The same entry point backs `jobs/<stage>.py`, so spark-submit and Databricks behave like the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from segmentation.errors import SegmentationError
+
+log = logging.getLogger("segmentation.cli")
+
+STAGES = ("generate", "ingest", "features", "train", "embed", "cluster", "report", "run", "assign", "sql", "bench")
+NOT_YET = {"assign": "issue 'Clustering, evaluation and profiles'", "bench": "issue 'Benchmarks'"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segment", description="Deep user segmentation on Spark.")
+    parser.add_argument("stage", choices=STAGES, help="stage to run; 'run' runs ingest through report")
+    parser.add_argument("query", nargs="?", help="SQL query (stage 'sql' only)")
+    parser.add_argument("--conf", action="append", default=[], metavar="FILE",
+                        help="YAML overlay on conf/base.yaml; repeatable, later files win")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one dotted config key with a YAML value; applied last")
+    parser.add_argument("--run-id", help="run id to record this stage under (default: a new one)")
+    parser.add_argument("--resume", metavar="RUN_ID", help="'run' only: skip the stages RUN_ID completed")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table", help="'sql' output format")
+    parser.add_argument("--limit", type=int, default=1000, help="'sql' table format: rows to print at most")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("py4j", "matplotlib", "urllib3", "petastorm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return _dispatch(args)
+    except SegmentationError as exc:
+        print(f"segment {args.stage}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # Spark and library errors: one line, the traceback only with -v
+        if args.verbose:
+            log.exception("stage %s failed", args.stage)
+        first = (str(exc).strip().splitlines() or [""])[0][:500]
+        print(f"segment {args.stage}: failed: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from segmentation.config import load_config
+    from segmentation.errors import ConfigError
+
+    if args.stage in NOT_YET:
+        raise SegmentationError(f"stage '{args.stage}' is not available yet (planned in {NOT_YET[args.stage]})")
+    if args.stage == "sql" and not args.query:
+        raise ConfigError("segment sql needs a query, e.g. segment sql \"SELECT * FROM user_segments\"")
+    if args.stage != "sql" and args.query:
+        raise ConfigError(f"unexpected argument {args.query!r} for stage {args.stage}")
+    if args.resume and args.stage != "run":
+        raise ConfigError("--resume applies to 'segment run' only")
+    cfg = load_config(args.conf, args.overrides)
+
+    from segmentation.spark import get_spark
+
+    spark = get_spark(cfg)
+    if args.stage == "generate":
+        from segmentation import generate
+
+        result = generate.run(spark, cfg)
+        print(f"generated {result['raw_lines']} log lines for {result['users']} users "
+              f"(+{result['bot_users']} bots) in {result['path']}; planted truth in {result['truth_path']}")
+        return 0
+    if args.stage == "sql":
+        return _sql(spark, cfg, args.query, args.format, args.limit)
+    if args.stage == "run":
+        from segmentation.pipeline import run_pipeline
+
+        run_id, results = run_pipeline(spark, cfg, resume=args.resume)
+        _summary(spark, cfg, run_id, results)
+        return 0
+
+    from segmentation.pipeline import run_stage
+
+    result = run_stage(spark, cfg, args.stage, args.run_id)
+    print(json.dumps({"stage": args.stage, "rows_in": result.rows_in, "rows_out": result.rows_out,
+                      "rows_quarantined": result.rows_quarantined, "rows_duplicate": result.rows_duplicate,
+                      **{k: v for k, v in result.details.items() if k in _SUMMARY_KEYS}}, default=str))
+    return 0
+
+
+_SUMMARY_KEYS = {"quarantined_by_reason", "bot_users", "features", "users_excluded", "losses", "model_version",
+                 "selected", "path", "mean_recon_error", "as_of", "seconds"}
+
+
+def _summary(spark, cfg, run_id: str, results: dict) -> None:
+    """What `segment run` prints: segment sizes and where the report is."""
+    from segmentation.report import report_path
+    from segmentation.storage import open_store
+    from segmentation.storage.names import USER_SEGMENTS
+
+    store = open_store(spark, cfg.storage)
+    sizes = store.read(USER_SEGMENTS).groupBy("segment_id", "algorithm", "k").count().orderBy("segment_id").collect()
+    total = sum(r["count"] for r in sizes)
+    print(f"run {run_id}: {total} users in {len(sizes)} segments"
+          + (f" ({sizes[0]['algorithm']}, k={sizes[0]['k']})" if sizes else ""))
+    for r in sizes:
+        print(f"  segment {r['segment_id']}: {r['count']:>8} users ({r['count'] / max(total, 1):.1%})")
+    print(f"report: {report_path(cfg, run_id).resolve()}")
+
+
+def _sql(spark, cfg, query: str, fmt: str, limit: int) -> int:
+    from segmentation.storage import open_store
+
+    store = open_store(spark, cfg.storage)
+    store.register_views()
+    frame = spark.sql(query)
+    columns = frame.columns
+    out = sys.stdout
+    if fmt == "json":
+        for line in frame.toJSON().toLocalIterator():
+            out.write(line + "\n")
+        return 0
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for row in frame.toLocalIterator():
+            writer.writerow(["" if v is None else v for v in row])
+        return 0
+    rows = [["NULL" if v is None else str(v) for v in row] for row in frame.limit(limit + 1).collect()]
+    shown = rows[:limit]
+    widths = [max([len(c)] + [len(r[i]) for r in shown]) for i, c in enumerate(columns)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    print(line)
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |")
+    print(line)
+    for r in shown:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |")
+    print(line)
+    print(f"{len(shown)} row(s)" + (f" (first {limit}; use --limit or --format json for all)" if len(rows) > limit else ""))
+    return 0
+
+
+def job_main(stage: str) -> None:
+    """Entry point of `jobs/<stage>.py` under spark-submit or as a Databricks spark_python_task."""
+    code = main([stage, *sys.argv[1:]])
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Stage `embed`: user_features → user_embeddings, the trained encoder applied in Spark tasks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+
+from segmentation.config import Config
+from segmentation.runs import StageResult
+from segmentation.spark import describe
+from segmentation.storage import open_store
+from segmentation.storage.names import USER_EMBEDDINGS, USER_FEATURES
+
+log = logging.getLogger(__name__)
+
+EMBED_OUTPUT = "embedding array<float>, recon_error float"
+
+
+@lru_cache(maxsize=2)
+def _load(model_path: str):
+    """Once per Python worker (and model): Spark reuses workers across tasks."""
+    import torch
+
+    from segmentation.train import model as model_io
+
+    torch.set_num_threads(1)  # one task per core already; more threads only contend
+    return model_io.load(Path(model_path))
+
+
+def encode_batch(model, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and per-row reconstruction error (mean squared) for a float32 matrix."""
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(matrix)
+        z = model.encode(x)
+        error = ((model.decoder(z) - x) ** 2).mean(dim=1)
+    return z.numpy(), error.numpy()
+
+
+def embed_users(users: DataFrame, model_path: str) -> DataFrame:
+    """Input: user_id, features (array<float>). Output: user_id, embedding (array<float>), recon_error."""
+
+    @pandas_udf(EMBED_OUTPUT)
+    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        model, _ = _load(model_path)
+        for features in batches:
+            matrix = np.stack(features.to_numpy()).astype(np.float32, copy=False)
+            z, error = encode_batch(model, matrix)
+            yield pd.DataFrame({"embedding": list(z), "recon_error": error})
+
+    return users.select("user_id", embed("features").alias("_e")).select(
+        "user_id", "_e.embedding", "_e.recon_error"
+    )
+
+
+def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
+    from segmentation.train import current_model_path
+
+    store = open_store(spark, cfg.storage)
+    users = store.read_or_fail(USER_FEATURES, "embed")
+    path = current_model_path(cfg)
+    _, spec = _load(str(path))
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.embed.batch_size))
+    describe(spark, f"embed: model {spec.version}")
+    out = embed_users(users, str(path)).select(
+        "user_id", "embedding", "recon_error", F.lit(spec.version).alias("model_version"), F.lit(run_id).alias("run_id")
+    )
+    store.overwrite(out, USER_EMBEDDINGS)
+    written = store.read(USER_EMBEDDINGS)
+    stats = written.agg(F.count("*").alias("n"), F.avg("recon_error").alias("err")).head()
+    log.info("embed: %d users embedded (dim %d) with model %s; mean reconstruction error %.4f",
+             stats["n"], spec.embedding_dim, spec.version, stats["err"] or float("nan"))
+    return StageResult(rows_in=users.count(), rows_out=stats["n"],
+                       details={"model_version": spec.version, "mean_recon_error": stats["err"]})

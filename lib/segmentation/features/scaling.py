@@ -1,0 +1,79 @@
+"""Feature scaling: log1p for heavy tails, standardization, clipping; statistics saved as JSON.
+
+The statistics are computed once per snapshot (one aggregation, a single small row to the driver)
+and stored beside the table version, so the model and the assign stage scale new users identically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from segmentation.errors import StageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scaler:
+    feature_names: list[str]  # kept features, in the order of the `features` array
+    log1p: list[bool]
+    mean: list[float]
+    std: list[float]
+    clip_std: float
+    dropped_constant: list[str]
+    run_id: str
+
+    def transform(self) -> Column:
+        """The scaled `array<float>` column, from the raw feature columns."""
+        parts = []
+        for name, use_log, mean, std in zip(self.feature_names, self.log1p, self.mean, self.std, strict=True):
+            x = F.log1p(F.greatest(F.col(name), F.lit(0.0))) if use_log else F.col(name)
+            z = (x - F.lit(mean)) / F.lit(std)
+            parts.append(F.least(F.greatest(z, F.lit(-self.clip_std)), F.lit(self.clip_std)).cast("float"))
+        return F.array(*parts)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @staticmethod
+    def load(path: Path) -> Scaler:
+        if not path.is_file():
+            raise StageError(f"scaling statistics not found at {path}: run the features stage first")
+        return Scaler(**json.loads(path.read_text()))
+
+
+def fit_scaler(
+    users: DataFrame, names: list[str], log1p: list[bool], clip_std: float, run_id: str
+) -> Scaler:
+    """Mean and (population) standard deviation of each transformed feature; constants are dropped."""
+    exprs = []
+    for name, use_log in zip(names, log1p, strict=True):
+        x = F.log1p(F.greatest(F.col(name), F.lit(0.0))) if use_log else F.col(name)
+        exprs += [F.avg(x).alias(f"m_{name}"), F.stddev_pop(x).alias(f"s_{name}")]
+    stats = users.agg(*exprs).head()
+    if stats is None or stats[f"m_{names[0]}"] is None:
+        raise StageError("no users to compute feature statistics from")
+    kept, kept_log, means, stds, dropped = [], [], [], [], []
+    for name, use_log in zip(names, log1p, strict=True):
+        std = stats[f"s_{name}"] or 0.0
+        if std < 1e-9:
+            dropped.append(name)
+            continue
+        kept.append(name)
+        kept_log.append(use_log)
+        means.append(float(stats[f"m_{name}"]))
+        stds.append(float(std))
+    if dropped:
+        log.info("features: dropped constant features %s", dropped)
+    if not kept:
+        raise StageError("every feature is constant over the users: nothing to segment on")
+    return Scaler(kept, kept_log, means, stds, clip_std, dropped, run_id)

@@ -1,0 +1,92 @@
+"""Stage `train`: user_features → a trained autoencoder, via pyspark's TorchDistributor.
+
+Only this launcher knows about Spark and TorchDistributor; the training function (trainer.py) and the
+feeders read the feature table's parquet files directly, one share per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from pyspark.ml.torch.distributor import TorchDistributor
+from pyspark.sql import SparkSession
+
+from segmentation.config import Config
+from segmentation.errors import StageError
+from segmentation.features import load_scaler
+from segmentation.runs import StageResult
+from segmentation.spark import describe
+from segmentation.storage import open_store
+from segmentation.storage.names import USER_FEATURES
+from segmentation.train.trainer import train
+
+log = logging.getLogger(__name__)
+
+
+def models_dir(cfg: Config) -> Path:
+    return Path(cfg.artifacts_root) / "models"
+
+
+def model_path(cfg: Config, version: str) -> Path:
+    return models_dir(cfg) / version / "model.pt"
+
+
+def current_model_path(cfg: Config) -> Path:
+    """The model the downstream stages use: the last one `train` published."""
+    pointer = models_dir(cfg) / "CURRENT"
+    if not pointer.is_file():
+        raise StageError(f"no trained model under {models_dir(cfg)}: run the train stage first")
+    return model_path(cfg, pointer.read_text().strip())
+
+
+def _publish(cfg: Config, version: str) -> None:
+    pointer = models_dir(cfg) / "CURRENT"
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(version)
+    tmp.replace(pointer)
+
+
+def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
+    store = open_store(spark, cfg.storage)
+    users = store.read_or_fail(USER_FEATURES, "train")
+    describe(spark, "train: plan")
+    total_rows = users.count()
+    if total_rows == 0:
+        raise StageError("user_features is empty: nothing to train on")
+    features_run = users.select("run_id").limit(1).head()["run_id"]
+    scaler = load_scaler(cfg, features_run)
+    files = users.inputFiles()
+    spec = {
+        "files": sorted(files),
+        "total_rows": total_rows,
+        "feature_names": scaler.feature_names,
+        "hidden_sizes": cfg.training.hidden_sizes,
+        "embedding_dim": cfg.training.embedding_dim,
+        "epochs": cfg.training.epochs,
+        "batch_size": cfg.training.batch_size,
+        "learning_rate": cfg.training.learning_rate,
+        "seed": cfg.training.seed,
+        "feeder": cfg.training.feeder,
+        "use_gpu": cfg.training.use_gpu,
+        "model_path": str(model_path(cfg, run_id).resolve()),
+        "version": run_id,
+    }
+    log.info("train: %d users, %d features, %d files, %d processes (local_mode=%s, gpu=%s)",
+             total_rows, len(scaler.feature_names), len(files), cfg.training.num_processes,
+             cfg.training.local_mode, cfg.training.use_gpu)
+    describe(spark, "train: TorchDistributor")
+    distributor = TorchDistributor(
+        num_processes=cfg.training.num_processes, local_mode=cfg.training.local_mode, use_gpu=cfg.training.use_gpu
+    )
+    # TorchDistributor prints the processes' output; it is progress, so it belongs on stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = distributor.run(train, spec)
+    if not result or not Path(result["model_path"]).is_file():
+        raise StageError("training finished without writing a model")
+    _publish(cfg, run_id)
+    log.info("train: model %s, final loss %.5f", run_id, result["losses"][-1])
+    return StageResult(rows_in=total_rows, rows_out=1, details={**result, "model_version": run_id})
+

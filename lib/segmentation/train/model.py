@@ -1,0 +1,74 @@
+"""The MLP autoencoder and its on-disk form (torch only; nothing here knows about Spark)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    input_dim: int
+    hidden_sizes: tuple[int, ...]
+    embedding_dim: int
+    feature_names: tuple[str, ...]
+    version: str  # the training run id
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, input_dim: int, hidden_sizes: tuple[int, ...], embedding_dim: int) -> None:
+        super().__init__()
+        dims = [input_dim, *hidden_sizes, embedding_dim]
+        self.encoder = _mlp(dims)
+        self.decoder = _mlp(dims[::-1])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:  # no activation on the embedding or the reconstruction
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def build(spec: ModelSpec) -> Autoencoder:
+    return Autoencoder(spec.input_dim, tuple(spec.hidden_sizes), spec.embedding_dim)
+
+
+def save(model: Autoencoder, spec: ModelSpec, path: Path) -> None:
+    """Atomically write weights and spec (plain tensors and lists: loadable with weights_only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    spec_dict = asdict(spec)
+    spec_dict["hidden_sizes"] = list(spec.hidden_sizes)
+    spec_dict["feature_names"] = list(spec.feature_names)
+    torch.save({"state_dict": model.state_dict(), "spec": spec_dict}, tmp)
+    tmp.replace(path)
+
+
+def load(path: Path) -> tuple[Autoencoder, ModelSpec]:
+    """Load a model saved by `save`. weights_only=True: no arbitrary code runs from the file."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    raw = blob["spec"]
+    spec = ModelSpec(
+        input_dim=int(raw["input_dim"]),
+        hidden_sizes=tuple(raw["hidden_sizes"]),
+        embedding_dim=int(raw["embedding_dim"]),
+        feature_names=tuple(raw["feature_names"]),
+        version=str(raw["version"]),
+    )
+    model = build(spec)
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model, spec
