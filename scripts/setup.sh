@@ -28,14 +28,23 @@ $PIP install --quiet -r requirements/dev.lock -r requirements/test.lock
 $PIP install --quiet --no-deps -e .
 $PIP check
 
-# spark-submit picks the driver and worker Python from SPARK_HOME/conf; point both at this venv so
-# '.venv/bin/spark-submit jobs/<stage>.py' works without activating the venv.
-spark_home=$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
-mkdir -p "$spark_home/conf"
-venv_python=$(cd "$VENV/bin" && pwd)/python
-cat > "$spark_home/conf/spark-defaults.conf" <<CONF
-spark.pyspark.python        $venv_python
-spark.pyspark.driver.python $venv_python
-CONF
+# pip's spark-submit runs `python3` from PATH to find Spark, which fails unless the venv is activated.
+# Replace it with a wrapper that pins this venv's Spark and Python, for the driver and the workers.
+log4j="$(pwd)/lib/segmentation/resources/log4j2.properties"
+cat > "$VENV/bin/spark-submit" <<WRAPPER
+#!/usr/bin/env bash
+# Written by scripts/setup.sh: spark-submit with this venv's Spark and Python, no activation needed.
+# Spark's own logging is quiet (warnings) unless SPARK_SUBMIT_OPTS says otherwise.
+export SPARK_SUBMIT_OPTS="\${SPARK_SUBMIT_OPTS:--Dlog4j2.configurationFile=$log4j}"
+WRAPPER
+cat >> "$VENV/bin/spark-submit" <<'WRAPPER'
+venv_bin="$(cd "$(dirname "$0")" && pwd)"
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$venv_bin/python}"
+export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$venv_bin/python}"
+SPARK_HOME="$("$venv_bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
+export SPARK_HOME
+exec "$SPARK_HOME/bin/spark-submit" "$@"
+WRAPPER
+chmod +x "$VENV/bin/spark-submit"
 touch "$VENV/.setup-done"
 echo "setup: .venv ready ($("$VENV/bin/python" -c 'import pyspark, torch; print("pyspark", pyspark.__version__, "torch", torch.__version__)'))"

@@ -1,0 +1,116 @@
+"""`segment run` end to end on ~2k generated users, then SQL, resume and spark-submit on the result."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from segmentation.cli import main
+from segmentation.generate import truth_path
+from segmentation.storage import open_store
+from segmentation.storage.names import PIPELINE_RUNS
+from tests.conftest import REPO, make_config
+
+CONTRACT = {
+    "events_bronze": {"raw_record", "source_file", "run_id"},
+    "events_silver": {"user_id", "event_time", "event_type", "item_id", "category", "value", "quantity",
+                      "session_id", "device", "event_id", "event_date", "source_file", "run_id"},
+    "events_quarantine": {"reason", "raw_record", "source_file", "run_id"},
+    "user_features": {"user_id", "features", "as_of", "run_id"},
+    "user_embeddings": {"user_id", "embedding", "recon_error", "model_version", "run_id"},
+    "user_segments": {"user_id", "segment_id", "distance", "algorithm", "k", "run_id"},
+    "segment_centroids": {"segment_id", "centroid", "algorithm", "k", "run_id"},
+    "segment_profiles": {"segment_id", "n_users", "run_id"},
+    "clustering_evaluation": {"run_id", "representation", "algorithm", "k", "silhouette", "calinski_harabasz",
+                              "davies_bouldin", "wssse", "min_segment_share", "stability_ari", "selected"},
+    "pipeline_runs": {"run_id", "stage", "status", "started_at", "finished_at", "rows_in", "rows_out",
+                      "rows_quarantined", "rows_duplicate", "details"},
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    args = ["--conf", str(REPO / "conf" / "local.yaml"),
+            "--set", f"storage.root={root / 'lake'}", "--set", f"input.path={root / 'raw'}",
+            "--set", f"report.path={root / 'reports'}", "--set", "generate.users=2000",
+            "--set", "clustering.k=[4, 5]", "--set", "training.epochs=8"]
+    cfg = make_config(root, "generate.users=2000")
+    return root, args, cfg
+
+
+@pytest.mark.slow
+def test_segment_run_end_to_end(spark, pipeline, capsys):
+    root, args, cfg = pipeline
+    assert main(["generate", *args]) == 0
+    assert main(["run", *args]) == 0
+    out = capsys.readouterr().out
+    run_id = re.search(r"^run (\S+): (\d+) users in (\d+) segments", out, re.M).group(1)
+    report = Path(re.search(r"^report: (.+)$", out, re.M).group(1))
+    assert report.is_file() and "Clustering evaluation" in report.read_text()
+
+    store = open_store(spark, cfg.storage)
+    for table, columns in CONTRACT.items():
+        assert store.exists(table), table
+        assert columns <= set(store.read(table).columns), (table, columns - set(store.read(table).columns))
+
+    # Every non-bot generated user with at least one valid event has a segment; no bot has one.
+    truth = spark.read.json(str(truth_path(cfg)))
+    segments = store.read("user_segments")
+    expected = truth.where(~F.col("is_bot") & (F.col("valid_events") >= 1)).select("user_id")
+    assert expected.count() > 1900
+    assert expected.join(segments, "user_id", "left_anti").count() == 0
+    assert segments.join(truth.where("is_bot"), "user_id").count() == 0
+    assert segments.count() == segments.select("user_id").distinct().count() == expected.count()
+
+    runs = store.read(PIPELINE_RUNS).where(F.col("run_id") == run_id)
+    assert {r.stage: r.status for r in runs.collect()} == {
+        s: "success" for s in ("ingest", "features", "train", "embed", "cluster", "report")}
+    ingest = runs.where("stage = 'ingest'").head()
+    assert ingest.rows_in == ingest.rows_out + ingest.rows_quarantined + ingest.rows_duplicate
+    assert ingest.rows_in == spark.read.text(str(root / "raw")).count()
+    assert ingest.rows_quarantined > 0 and ingest.rows_duplicate > 0
+
+    evaluation = store.read("clustering_evaluation").where(F.col("run_id") == run_id)
+    assert {r.representation for r in evaluation.collect()} == {"embedding", "raw"}
+    assert evaluation.where("selected").count() == 1
+
+    # segment sql --format json: one JSON object per row.
+    query = "SELECT segment_id, count(*) AS n FROM user_segments GROUP BY 1"
+    assert main(["sql", *args, "--format", "json", query]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sum(r["n"] for r in rows) == expected.count() and all("segment_id" in r for r in rows)
+
+    # Resuming a completed run skips every stage and changes nothing.
+    before = sorted((r.stage, r.finished_at) for r in runs.collect())
+    assert main(["run", *args, "--resume", run_id]) == 0
+    after = store.read(PIPELINE_RUNS).where(F.col("run_id") == run_id)
+    assert sorted((r.stage, r.finished_at) for r in after.collect()) == before
+
+    # The same job file under a real spark-submit.
+    submit = Path(sys.executable).parent / "spark-submit"
+    proc = subprocess.run(
+        [str(submit), "--master", "local[1]", str(REPO / "jobs" / "sql.py"), *args, "--format", "json",
+         "SELECT count(*) AS n FROM user_segments"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"n": expected.count()}
+
+
+@pytest.mark.slow
+def test_spark_submit_job_fails_with_one_line_reason(pipeline):
+    _, args, _ = pipeline
+    submit = Path(sys.executable).parent / "spark-submit"
+    proc = subprocess.run(
+        [str(submit), "--master", "local[1]", str(REPO / "jobs" / "features.py"), *args,
+         "--set", "features.min_events=0"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode != 0
+    # spark-submit merges the Python driver's stderr into its stdout.
+    assert "error: config key 'features.min_events'" in proc.stdout + proc.stderr

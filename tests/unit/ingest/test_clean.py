@@ -1,0 +1,90 @@
+"""Ingest on a handful of hand-written JSON lines: every record kept, quarantined or a duplicate."""
+
+import json
+
+import pytest
+from pyspark.sql import functions as F
+
+from segmentation import ingest
+from segmentation.errors import ConfigError
+from segmentation.storage import open_store
+from segmentation.storage.names import EVENTS_QUARANTINE, EVENTS_SILVER
+
+GOOD = {"user_id": "a", "event_time": "2026-09-01T10:00:00+02:00", "event_type": "view", "category": " Books "}
+LINES = [
+    json.dumps(GOOD),
+    json.dumps(GOOD),  # exact duplicate
+    json.dumps({**GOOD, "event_time": "2026-09-01T10:20:00+02:00", "event_type": "add_to_cart", "value": 5}),
+    json.dumps({**GOOD, "event_time": "2026-09-01T12:00:00+02:00", "event_type": "PURCHASE", "value": 5}),
+    '{"user_id": "a", "event_time": ',  # malformed
+    "",  # blank line: a record too
+    json.dumps({**GOOD, "user_id": None}),
+    json.dumps({**GOOD, "user_id": "  "}),
+    json.dumps({**GOOD, "event_time": "not a time"}),
+    json.dumps({**GOOD, "event_time": "2031-01-01T00:00:00Z"}),
+    json.dumps({**GOOD, "event_type": "hover"}),
+    json.dumps({**GOOD, "event_type": "purchase", "value": -3}),
+]
+
+
+def _ingest(spark, cfg, lines):
+    raw = cfg.input.path
+    from pathlib import Path
+
+    Path(raw).mkdir(parents=True, exist_ok=True)
+    (Path(raw) / "events.json").write_text("\n".join(lines) + "\n")
+    return ingest.run(spark, cfg, "test-run")
+
+
+def test_every_record_is_accounted_for(spark, cfg):
+    result = _ingest(spark, cfg, LINES)
+    assert result.rows_in == len(LINES)
+    assert result.rows_duplicate == 1
+    assert result.rows_out == 3
+    assert result.details["quarantined_by_reason"] == {
+        "malformed_record": 2,
+        "missing_user_id": 2,
+        "invalid_timestamp": 1,
+        "future_timestamp": 1,
+        "unknown_event_type": 1,
+        "negative_value": 1,
+    }
+    store = open_store(spark, cfg.storage)
+    quarantined = store.read(EVENTS_QUARANTINE)
+    assert quarantined.where(F.col("raw_record").isNull() | F.col("source_file").isNull()).count() == 0
+
+    silver = store.read(EVENTS_SILVER).orderBy("event_time").collect()
+    assert [r.event_type for r in silver] == ["view", "cart", "purchase"]
+    assert silver[0].event_time.hour == 8  # 10:00+02:00 is 08:00 UTC
+    assert silver[0].category == "books"
+    # 10:00 and 10:20 share a session; 12:00 comes after a 100-minute gap.
+    assert silver[0].session_id == silver[1].session_id != silver[2].session_id
+    assert len({r.event_id for r in silver}) == 3
+
+
+def test_ingest_twice_changes_nothing(spark, cfg):
+    _ingest(spark, cfg, LINES)
+    store = open_store(spark, cfg.storage)
+    first = sorted(store.read(EVENTS_SILVER).drop("run_id").collect())
+    _ingest(spark, cfg, LINES)
+    assert sorted(store.read(EVENTS_SILVER).drop("run_id").collect()) == first
+
+
+def test_unknown_event_types_can_be_kept_as_other(spark, cfg):
+    cfg.input.unknown_event_type = "other"
+    result = _ingest(spark, cfg, LINES)
+    assert "unknown_event_type" not in result.details["quarantined_by_reason"]
+    silver = open_store(spark, cfg.storage).read(EVENTS_SILVER)
+    assert silver.where("event_type = 'other'").count() == 1
+
+
+def test_mapping_reads_nested_fields_and_names_missing_ones(spark, cfg):
+    nested = [json.dumps({"who": {"id": "z"}, "ts": 1788220800, "kind": "view"})]
+    cfg.input.mapping = {"user_id": "who.id", "event_time": "ts", "event_type": "kind"}
+    result = _ingest(spark, cfg, nested)
+    assert result.rows_out == 1
+    row = open_store(spark, cfg.storage).read(EVENTS_SILVER).head()
+    assert (row.user_id, row.event_time.isoformat()[:10]) == ("z", "2026-09-01")
+    cfg.input.mapping = {"user_id": "who.name"}
+    with pytest.raises(ConfigError, match=r"input.mapping.user_id names 'who.name'"):
+        _ingest(spark, cfg, nested)

@@ -1,0 +1,91 @@
+import dataclasses
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from segmentation.config import BASE_CONF, Config, build_config, load_config, parse_override
+from segmentation.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_base_yaml_states_exactly_the_defaults():
+    assert yaml.safe_load(BASE_CONF.read_text()) == dataclasses.asdict(Config())
+
+
+def test_overlays_merge_deeply_and_set_comes_last(tmp_path):
+    first = tmp_path / "a.yaml"
+    first.write_text("input:\n  format: csv\n  options: {header: true}\nclustering:\n  k: [3]\n")
+    second = tmp_path / "b.yaml"
+    second.write_text("input:\n  options: {sep: ';'}\n")
+    cfg = load_config([str(first), str(second)], ["clustering.k=[7, 8]", "input.mapping.user_id=uid"])
+    assert cfg.input.format == "csv"
+    assert cfg.input.options == {"header": True, "sep": ";"}
+    assert cfg.clustering.k == [7, 8]
+    assert cfg.input.mapping == {"user_id": "uid"}
+    assert cfg.training.epochs == Config().training.epochs
+
+
+def test_local_overlay_is_the_embedded_default():
+    cfg = load_config([str(REPO / "conf" / "local.yaml")])
+    assert cfg.spark.master == "local[*]"
+    assert cfg.storage.root == "./data/lake"
+    assert cfg.input.path == "./data/raw"
+
+
+def test_databricks_overlay_is_valid():
+    cfg = load_config([str(REPO / "conf" / "databricks.yaml")])
+    assert cfg.storage.engine == "delta-spark"
+    assert cfg.storage.catalog and cfg.storage.schema
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("training.epoch=3", "training.epoch"),
+        ("nonsense.x=1", "nonsense"),
+        ("input.options=3", "input.options"),
+        ("training.epochs=many", "training.epochs"),
+        ("training.use_gpu=maybe", "training.use_gpu"),
+        ("clustering.k=[4, five]", "clustering.k[1]"),
+        ("storage.engine=hive", "storage.engine"),
+        ("clustering.k=[1]", "clustering.k"),
+        ("input.mapping.userid=uid", "input.mapping.userid"),
+        ("storage.catalog=main; DROP", "storage.catalog"),
+        ("generate.start_date=tomorrow", "generate.start_date"),
+    ],
+)
+def test_bad_config_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+        load_config([], [override])
+
+
+def test_int_is_accepted_where_a_number_is_expected():
+    assert build_config({"training": {"learning_rate": 1}}).training.learning_rate == 1.0
+
+
+def test_date_values_become_strings():
+    assert load_config([], ["generate.start_date=2026-01-05"]).generate.start_date == "2026-01-05"
+
+
+def test_override_needs_key_and_value():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("training.epochs")
+
+
+def test_missing_conf_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([str(tmp_path / "nope.yaml")])
+
+
+def test_cli_reports_bad_config_in_one_line_and_fails():
+    proc = subprocess.run(
+        [sys.executable, "-m", "segmentation.cli", "features", "--set", "training.epochs=abc"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "training.epochs" in lines[0]

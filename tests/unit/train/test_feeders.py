@@ -1,0 +1,55 @@
+"""Feeders give every rank data, the same fixed-size batches, whatever the shard sizes."""
+
+import itertools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from segmentation.train.feeders import FeedSpec, arrow_batches, petastorm_available, petastorm_batches
+
+DIM = 3
+
+
+def _write(path, rows: int, row_group_size: int, offset: int = 0):
+    values = np.arange(offset, offset + rows, dtype=np.float32)
+    column = pa.array([[v] * DIM for v in values], type=pa.list_(pa.float32()))
+    pq.write_table(pa.table({"features": column}), path, row_group_size=row_group_size)
+    return str(path)
+
+
+@pytest.fixture
+def uneven_files(tmp_path):
+    # Three files of different sizes, five row groups in all: two ranks get unequal shares.
+    return (
+        _write(tmp_path / "a.parquet", 7, 4),
+        _write(tmp_path / "b.parquet", 3, 3, offset=100),
+        _write(tmp_path / "c.parquet", 11, 6, offset=200),
+    )
+
+
+FEEDERS = [arrow_batches] + ([petastorm_batches] if petastorm_available() else [])
+
+
+@pytest.mark.parametrize("feeder", FEEDERS)
+def test_every_rank_gets_full_batches_forever(feeder, uneven_files):
+    seen = []
+    for rank in range(2):
+        batches = list(itertools.islice(feeder(FeedSpec(uneven_files, rank, 2, 4, seed=1)), 12))
+        assert all(b.shape == (4, DIM) and b.dtype == np.float32 for b in batches)
+        seen.append({float(v) for b in batches for v in b[:, 0]})
+    assert not seen[0] & seen[1]  # disjoint shards
+    assert len(seen[0] | seen[1]) == 21  # together they cover every row
+
+
+@pytest.mark.parametrize("feeder", FEEDERS)
+def test_fewer_row_groups_than_ranks_still_feeds_every_rank(feeder, tmp_path):
+    single = (_write(tmp_path / "one.parquet", 9, 100),)
+    shares = [
+        {float(v) for b in itertools.islice(feeder(FeedSpec(single, rank, 3, 2, seed=0)), 6) for v in b[:, 0]}
+        for rank in range(3)
+    ]
+    assert all(shares)
+    assert set().union(*shares) == {float(v) for v in range(9)}
+    assert sum(len(s) for s in shares) == 9
