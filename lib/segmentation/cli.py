@@ -17,7 +17,19 @@ from segmentation.errors import SegmentationError
 
 log = logging.getLogger("segmentation.cli")
 
-STAGES = ("generate", "ingest", "features", "train", "embed", "cluster", "report", "run", "assign", "sql", "bench")
+STAGES = (
+    "generate",
+    "ingest",
+    "features",
+    "train",
+    "embed",
+    "cluster",
+    "report",
+    "run",
+    "assign",
+    "sql",
+    "bench",
+)
 NOT_YET = {"assign": "issue 'Clustering, evaluation and profiles'", "bench": "issue 'Benchmarks'"}
 
 
@@ -25,13 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segment", description="Deep user segmentation on Spark.")
     parser.add_argument("stage", choices=STAGES, help="stage to run; 'run' runs ingest through report")
     parser.add_argument("query", nargs="?", help="SQL query (stage 'sql' only)")
-    parser.add_argument("--conf", action="append", default=[], metavar="FILE",
-                        help="YAML overlay on conf/base.yaml; repeatable, later files win")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override one dotted config key with a YAML value; applied last")
+    parser.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML overlay on conf/base.yaml; repeatable, later files win",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one dotted config key with a YAML value; applied last",
+    )
     parser.add_argument("--run-id", help="run id to record this stage under (default: a new one)")
     parser.add_argument("--resume", metavar="RUN_ID", help="'run' only: skip the stages RUN_ID completed")
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table", help="'sql' output format")
+    parser.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="'sql' output format"
+    )
     parser.add_argument("--limit", type=int, default=1000, help="'sql' table format: rows to print at most")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     return parser
@@ -69,9 +94,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     from segmentation.errors import ConfigError
 
     if args.stage in NOT_YET:
-        raise SegmentationError(f"stage '{args.stage}' is not available yet (planned in {NOT_YET[args.stage]})")
+        raise SegmentationError(
+            f"stage '{args.stage}' is not available yet (planned in {NOT_YET[args.stage]})"
+        )
     if args.stage == "sql" and not args.query:
-        raise ConfigError("segment sql needs a query, e.g. segment sql \"SELECT * FROM user_segments\"")
+        raise ConfigError('segment sql needs a query, e.g. segment sql "SELECT * FROM user_segments"')
     if args.stage != "sql" and args.query:
         raise ConfigError(f"unexpected argument {args.query!r} for stage {args.stage}")
     if args.resume and args.stage != "run":
@@ -85,8 +112,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from segmentation import generate
 
         result = generate.run(spark, cfg)
-        print(f"generated {result['raw_lines']} log lines for {result['users']} users "
-              f"(+{result['bot_users']} bots) in {result['path']}; planted truth in {result['truth_path']}")
+        print(
+            f"generated {result['raw_lines']} log lines for {result['users']} users "
+            f"(+{result['bot_users']} bots) in {result['path']}; planted truth in {result['truth_path']}"
+        )
         return 0
     if args.stage == "sql":
         return _sql(spark, cfg, args.query, args.format, args.limit)
@@ -100,14 +129,35 @@ def _dispatch(args: argparse.Namespace) -> int:
     from segmentation.pipeline import run_stage
 
     result = run_stage(spark, cfg, args.stage, args.run_id)
-    print(json.dumps({"stage": args.stage, "rows_in": result.rows_in, "rows_out": result.rows_out,
-                      "rows_quarantined": result.rows_quarantined, "rows_duplicate": result.rows_duplicate,
-                      **{k: v for k, v in result.details.items() if k in _SUMMARY_KEYS}}, default=str))
+    print(
+        json.dumps(
+            {
+                "stage": args.stage,
+                "rows_in": result.rows_in,
+                "rows_out": result.rows_out,
+                "rows_quarantined": result.rows_quarantined,
+                "rows_duplicate": result.rows_duplicate,
+                **{k: v for k, v in result.details.items() if k in _SUMMARY_KEYS},
+            },
+            default=str,
+        )
+    )
     return 0
 
 
-_SUMMARY_KEYS = {"quarantined_by_reason", "bot_users", "features", "users_excluded", "losses", "model_version",
-                 "selected", "path", "mean_recon_error", "as_of", "seconds"}
+_SUMMARY_KEYS = {
+    "quarantined_by_reason",
+    "bot_users",
+    "features",
+    "users_excluded",
+    "losses",
+    "model_version",
+    "selected",
+    "path",
+    "mean_recon_error",
+    "as_of",
+    "seconds",
+}
 
 
 def _summary(spark, cfg, run_id: str, results: dict) -> None:
@@ -117,10 +167,18 @@ def _summary(spark, cfg, run_id: str, results: dict) -> None:
     from segmentation.storage.names import USER_SEGMENTS
 
     store = open_store(spark, cfg.storage)
-    sizes = store.read(USER_SEGMENTS).groupBy("segment_id", "algorithm", "k").count().orderBy("segment_id").collect()
+    sizes = (
+        store.read(USER_SEGMENTS)
+        .groupBy("segment_id", "algorithm", "k")
+        .count()
+        .orderBy("segment_id")
+        .collect()
+    )
     total = sum(r["count"] for r in sizes)
-    print(f"run {run_id}: {total} users in {len(sizes)} segments"
-          + (f" ({sizes[0]['algorithm']}, k={sizes[0]['k']})" if sizes else ""))
+    print(
+        f"run {run_id}: {total} users in {len(sizes)} segments"
+        + (f" ({sizes[0]['algorithm']}, k={sizes[0]['k']})" if sizes else "")
+    )
     for r in sizes:
         print(f"  segment {r['segment_id']}: {r['count']:>8} users ({r['count'] / max(total, 1):.1%})")
     print(f"report: {report_path(cfg, run_id).resolve()}")
@@ -154,7 +212,10 @@ def _sql(spark, cfg, query: str, fmt: str, limit: int) -> int:
     for r in shown:
         print("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |")
     print(line)
-    print(f"{len(shown)} row(s)" + (f" (first {limit}; use --limit or --format json for all)" if len(rows) > limit else ""))
+    print(
+        f"{len(shown)} row(s)"
+        + (f" (first {limit}; use --limit or --format json for all)" if len(rows) > limit else "")
+    )
     return 0
 
 

@@ -169,7 +169,9 @@ class Config:
 BASE_CONF = Path(__file__).resolve().parents[2] / "conf" / "base.yaml"
 
 
-def load_config(conf_files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    conf_files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Build a validated `Config` from base.yaml, the overlays in order, then `key=value` overrides."""
     merged: dict[str, Any] = {}
     layers = ([str(BASE_CONF)] if BASE_CONF.is_file() else []) + list(conf_files)
@@ -276,7 +278,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"config key '{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"config key '{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        )
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key '{where}' must be a list, got {type(value).__name__} {value!r}")
@@ -323,7 +327,9 @@ def _check_values(cfg: Config) -> None:
     try:
         dt.date.fromisoformat(cfg.generate.start_date)
     except ValueError:
-        raise ConfigError(f"config key 'generate.start_date' must be a date YYYY-MM-DD, got {cfg.generate.start_date!r}") from None
+        raise ConfigError(
+            f"config key 'generate.start_date' must be a date YYYY-MM-DD, got {cfg.generate.start_date!r}"
+        ) from None
     _require(cfg.ingest.session_gap_minutes > 0, "ingest.session_gap_minutes", "must be positive")
     _require(cfg.ingest.bot_max_events_per_day > 0, "ingest.bot_max_events_per_day", "must be positive")
     _require(cfg.features.min_events >= 1, "features.min_events", "must be at least 1")
@@ -332,13 +338,17 @@ def _check_values(cfg: Config) -> None:
         try:
             dt.datetime.fromisoformat(cfg.features.as_of)
         except ValueError:
-            raise ConfigError(f"config key 'features.as_of' must be an ISO-8601 date or time, got {cfg.features.as_of!r}") from None
+            raise ConfigError(
+                f"config key 'features.as_of' must be an ISO-8601 date or time, got {cfg.features.as_of!r}"
+            ) from None
     _require(cfg.training.epochs >= 1, "training.epochs", "must be at least 1")
     _require(cfg.training.num_processes >= 1, "training.num_processes", "must be at least 1")
     _require(cfg.training.batch_size >= 1, "training.batch_size", "must be at least 1")
     _require(cfg.training.learning_rate > 0, "training.learning_rate", "must be positive")
     _require(cfg.training.embedding_dim >= 1, "training.embedding_dim", "must be at least 1")
-    _require(all(h >= 1 for h in cfg.training.hidden_sizes), "training.hidden_sizes", "must hold positive sizes")
+    _require(
+        all(h >= 1 for h in cfg.training.hidden_sizes), "training.hidden_sizes", "must hold positive sizes"
+    )
     _require(cfg.embed.batch_size >= 1, "embed.batch_size", "must be at least 1")
     _require(len(cfg.clustering.k) > 0, "clustering.k", "must list at least one k")
     _require(all(k >= 2 for k in cfg.clustering.k), "clustering.k", "must hold values of at least 2")
@@ -347,13 +357,33 @@ def _check_values(cfg: Config) -> None:
     _require(cfg.privacy.min_segment_size >= 0, "privacy.min_segment_size", "must not be negative")
     for name in ("catalog", "schema"):
         value = getattr(cfg.storage, name)
-        _require(value is None or bool(_IDENTIFIER.match(value)), f"storage.{name}", "must be a plain SQL identifier")
-    _require((cfg.storage.catalog is None) or (cfg.storage.schema is not None), "storage.schema", "is required when storage.catalog is set")
+        _require(
+            value is None or bool(_IDENTIFIER.match(value)),
+            f"storage.{name}",
+            "must be a plain SQL identifier",
+        )
+    _require(
+        (cfg.storage.catalog is None) or (cfg.storage.schema is not None),
+        "storage.schema",
+        "is required when storage.catalog is set",
+    )
     for name in cfg.input.mapping:
-        _require(name in CANONICAL_FIELDS, f"input.mapping.{name}", f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})")
+        _require(
+            name in CANONICAL_FIELDS,
+            f"input.mapping.{name}",
+            f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})",
+        )
     for name in cfg.input.constants:
-        _require(name in CANONICAL_FIELDS, f"input.constants.{name}", f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})")
+        _require(
+            name in CANONICAL_FIELDS,
+            f"input.constants.{name}",
+            f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})",
+        )
     for name in cfg.input.event_types:
-        _require(name in EVENT_TYPES, f"input.event_types.{name}", f"is not a canonical event type ({', '.join(EVENT_TYPES)})")
+        _require(
+            name in EVENT_TYPES,
+            f"input.event_types.{name}",
+            f"is not a canonical event type ({', '.join(EVENT_TYPES)})",
+        )
     if cfg.input.format == "text":
         _require(cfg.input.pattern is not None, "input.pattern", "is required when input.format is text")

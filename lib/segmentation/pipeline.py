@@ -35,7 +35,7 @@ def run_stage(spark: SparkSession, cfg: Config, stage: str, run_id: str | None =
         raise StageError(f"unknown stage {stage!r}; stages: {', '.join(PIPELINE)}")
     run_id = run_id or new_run_id()
     store = open_store(spark, cfg.storage)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     clock = time.perf_counter()
     log.info("stage %s: started (run %s)", stage, run_id)
     try:
@@ -49,12 +49,19 @@ def run_stage(spark: SparkSession, cfg: Config, stage: str, run_id: str | None =
         raise
     result.details.setdefault("seconds", round(time.perf_counter() - clock, 2))
     record_stage(spark, store, run_id, stage, "success", started, result)
-    log.info("stage %s: done in %.1fs (%d in, %d out)", stage, time.perf_counter() - clock,
-             result.rows_in, result.rows_out)
+    log.info(
+        "stage %s: done in %.1fs (%d in, %d out)",
+        stage,
+        time.perf_counter() - clock,
+        result.rows_in,
+        result.rows_out,
+    )
     return result
 
 
-def run_pipeline(spark: SparkSession, cfg: Config, resume: str | None = None) -> tuple[str, dict[str, StageResult]]:
+def run_pipeline(
+    spark: SparkSession, cfg: Config, resume: str | None = None
+) -> tuple[str, dict[str, StageResult]]:
     """ingest → report under one run id; with `resume`, stages that completed in that run are skipped."""
     run_id = resume or new_run_id()
     store = open_store(spark, cfg.storage)

@@ -21,7 +21,7 @@ PIPELINE_RUNS_SCHEMA = (
 
 def new_run_id() -> str:
     """Sortable and unique: UTC time to the second plus a random suffix."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 @dataclass
@@ -50,7 +50,7 @@ def record_stage(
         stage,
         status,
         started_at,
-        dt.datetime.now(dt.timezone.utc),
+        dt.datetime.now(dt.UTC),
         result.rows_in,
         result.rows_out,
         result.rows_quarantined,

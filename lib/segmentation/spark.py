@@ -13,7 +13,7 @@ import os
 import sys
 from importlib import resources
 
-from pyspark import SparkConf
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from segmentation.config import Config
@@ -57,11 +57,14 @@ def get_spark(cfg: Config) -> SparkSession:
     # Python workers must run this interpreter (the venv), not whatever `python3` is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(cfg.spark.app_name)
-    launched_by_submit = SparkConf().contains("spark.master")
-    master = None if launched_by_submit else (cfg.spark.master or "local[*]")
-    if master is not None:
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # Launched by spark-submit (or a pyspark shell): the JVM already has its master and settings.
+        SparkContext._ensure_initialized()
+        master = SparkConf().get("spark.master", "")
+    else:
+        master = cfg.spark.master or "local[*]"
         builder = builder.master(master)
-    if master is not None and master.startswith("local"):
+    if master.startswith("local"):
         for key, value in local_defaults(os.cpu_count() or 2).items():
             builder = builder.config(key, value)
     for key, value in cfg.spark.conf.items():

@@ -17,28 +17,81 @@ from tests.conftest import REPO, make_config
 
 CONTRACT = {
     "events_bronze": {"raw_record", "source_file", "run_id"},
-    "events_silver": {"user_id", "event_time", "event_type", "item_id", "category", "value", "quantity",
-                      "session_id", "device", "event_id", "event_date", "source_file", "run_id"},
+    "events_silver": {
+        "user_id",
+        "event_time",
+        "event_type",
+        "item_id",
+        "category",
+        "value",
+        "quantity",
+        "session_id",
+        "device",
+        "event_id",
+        "event_date",
+        "source_file",
+        "run_id",
+    },
     "events_quarantine": {"reason", "raw_record", "source_file", "run_id"},
     "user_features": {"user_id", "features", "as_of", "run_id"},
     "user_embeddings": {"user_id", "embedding", "recon_error", "model_version", "run_id"},
     "user_segments": {"user_id", "segment_id", "distance", "algorithm", "k", "run_id"},
     "segment_centroids": {"segment_id", "centroid", "algorithm", "k", "run_id"},
     "segment_profiles": {"segment_id", "n_users", "run_id"},
-    "clustering_evaluation": {"run_id", "representation", "algorithm", "k", "silhouette", "calinski_harabasz",
-                              "davies_bouldin", "wssse", "min_segment_share", "stability_ari", "selected"},
-    "pipeline_runs": {"run_id", "stage", "status", "started_at", "finished_at", "rows_in", "rows_out",
-                      "rows_quarantined", "rows_duplicate", "details"},
+    "clustering_evaluation": {
+        "run_id",
+        "representation",
+        "algorithm",
+        "k",
+        "silhouette",
+        "calinski_harabasz",
+        "davies_bouldin",
+        "wssse",
+        "min_segment_share",
+        "stability_ari",
+        "selected",
+    },
+    "pipeline_runs": {
+        "run_id",
+        "stage",
+        "status",
+        "started_at",
+        "finished_at",
+        "rows_in",
+        "rows_out",
+        "rows_quarantined",
+        "rows_duplicate",
+        "details",
+    },
 }
+
+
+def spark_submit(job: str, *args: str) -> subprocess.CompletedProcess:
+    """Run jobs/<job> under the venv's real spark-submit, as a user would."""
+    submit = Path(sys.executable).parent / "spark-submit"
+    command = [str(submit), "--master", "local[1]", str(REPO / "jobs" / job), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
 @pytest.fixture(scope="module")
 def pipeline(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    args = ["--conf", str(REPO / "conf" / "local.yaml"),
-            "--set", f"storage.root={root / 'lake'}", "--set", f"input.path={root / 'raw'}",
-            "--set", f"report.path={root / 'reports'}", "--set", "generate.users=2000",
-            "--set", "clustering.k=[4, 5]", "--set", "training.epochs=8"]
+    args = [
+        "--conf",
+        str(REPO / "conf" / "local.yaml"),
+        "--set",
+        f"storage.root={root / 'lake'}",
+        "--set",
+        f"input.path={root / 'raw'}",
+        "--set",
+        f"report.path={root / 'reports'}",
+        "--set",
+        "generate.users=2000",
+        "--set",
+        "clustering.k=[4, 5]",
+        "--set",
+        "training.epochs=8",
+    ]
     cfg = make_config(root, "generate.users=2000")
     return root, args, cfg
 
@@ -69,7 +122,8 @@ def test_segment_run_end_to_end(spark, pipeline, capsys):
 
     runs = store.read(PIPELINE_RUNS).where(F.col("run_id") == run_id)
     assert {r.stage: r.status for r in runs.collect()} == {
-        s: "success" for s in ("ingest", "features", "train", "embed", "cluster", "report")}
+        s: "success" for s in ("ingest", "features", "train", "embed", "cluster", "report")
+    }
     ingest = runs.where("stage = 'ingest'").head()
     assert ingest.rows_in == ingest.rows_out + ingest.rows_quarantined + ingest.rows_duplicate
     assert ingest.rows_in == spark.read.text(str(root / "raw")).count()
@@ -92,12 +146,7 @@ def test_segment_run_end_to_end(spark, pipeline, capsys):
     assert sorted((r.stage, r.finished_at) for r in after.collect()) == before
 
     # The same job file under a real spark-submit.
-    submit = Path(sys.executable).parent / "spark-submit"
-    proc = subprocess.run(
-        [str(submit), "--master", "local[1]", str(REPO / "jobs" / "sql.py"), *args, "--format", "json",
-         "SELECT count(*) AS n FROM user_segments"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
+    proc = spark_submit("sql.py", *args, "--format", "json", "SELECT count(*) AS n FROM user_segments")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"n": expected.count()}
 
@@ -105,12 +154,7 @@ def test_segment_run_end_to_end(spark, pipeline, capsys):
 @pytest.mark.slow
 def test_spark_submit_job_fails_with_one_line_reason(pipeline):
     _, args, _ = pipeline
-    submit = Path(sys.executable).parent / "spark-submit"
-    proc = subprocess.run(
-        [str(submit), "--master", "local[1]", str(REPO / "jobs" / "features.py"), *args,
-         "--set", "features.min_events=0"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
+    proc = spark_submit("features.py", *args, "--set", "features.min_events=0")
     assert proc.returncode != 0
     # spark-submit merges the Python driver's stderr into its stdout.
     assert "error: config key 'features.min_events'" in proc.stdout + proc.stderr

@@ -83,7 +83,10 @@ def test_missing_conf_file_is_named(tmp_path):
 def test_cli_reports_bad_config_in_one_line_and_fails():
     proc = subprocess.run(
         [sys.executable, "-m", "segmentation.cli", "features", "--set", "training.epochs=abc"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

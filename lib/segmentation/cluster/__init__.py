@@ -54,12 +54,20 @@ class Evaluation:
 
 
 def estimator(algorithm: str, k: int, cfg: ClusteringConfig):
-    common = {"k": k, "seed": cfg.seed, "maxIter": cfg.max_iter, "featuresCol": "vector", "predictionCol": "segment_id"}
+    common = {
+        "k": k,
+        "seed": cfg.seed,
+        "maxIter": cfg.max_iter,
+        "featuresCol": "vector",
+        "predictionCol": "segment_id",
+    }
     if algorithm == "kmeans":
         return KMeans(**common)
     if algorithm == "bisecting_kmeans":
         return BisectingKMeans(**common)
-    raise StageError(f"clustering.algorithms: unknown algorithm {algorithm!r}")  # config validation guards this
+    raise StageError(
+        f"clustering.algorithms: unknown algorithm {algorithm!r}"
+    )  # config validation guards this
 
 
 def assign_segments(points: DataFrame, algorithm: str, k: int, cfg: ClusteringConfig) -> DataFrame:
@@ -98,13 +106,24 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         n_users = points.count()
         if n_users < max(cfg.clustering.k):
             points.unpersist()
-            raise StageError(f"{n_users} users cannot make {max(cfg.clustering.k)} segments: lower clustering.k")
+            raise StageError(
+                f"{n_users} users cannot make {max(cfg.clustering.k)} segments: lower clustering.k"
+            )
         for algorithm in cfg.clustering.algorithms:
             for k in cfg.clustering.k:
                 describe(spark, f"cluster: {representation} {algorithm} k={k}")
-                result = evaluate(assign_segments(points, algorithm, k, cfg.clustering), representation, algorithm, k)
-                log.info("cluster: %-9s %-16s k=%d silhouette=%s CH=%s DB=%s", representation, algorithm, k,
-                         _fmt(result.silhouette), _fmt(result.calinski_harabasz), _fmt(result.davies_bouldin))
+                result = evaluate(
+                    assign_segments(points, algorithm, k, cfg.clustering), representation, algorithm, k
+                )
+                log.info(
+                    "cluster: %-9s %-16s k=%d silhouette=%s CH=%s DB=%s",
+                    representation,
+                    algorithm,
+                    k,
+                    _fmt(result.silhouette),
+                    _fmt(result.calinski_harabasz),
+                    _fmt(result.davies_bouldin),
+                )
                 results.append(result)
                 if representation == "embedding" and result.silhouette is not None:
                     if best is None or result.silhouette > best[0]:
@@ -121,8 +140,10 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     return StageResult(
         rows_in=n_users,
         rows_out=segments,
-        details={"selected": {"algorithm": algorithm, "k": k, "silhouette": best[0]},
-                 "evaluations": [asdict(r) for r in results]},
+        details={
+            "selected": {"algorithm": algorithm, "k": k, "silhouette": best[0]},
+            "evaluations": [asdict(r) for r in results],
+        },
     )
 
 
@@ -146,8 +167,10 @@ def _write_selected(spark, store, frame: DataFrame, algorithm: str, k: int, cfg:
         )
         centres.unpersist()
         n_segmented = store.read(USER_SEGMENTS).count()
-        store.overwrite(_profiles(store.read(USER_SEGMENTS), store.read(USER_FEATURES), n_segmented, run_id),
-                        SEGMENT_PROFILES)
+        store.overwrite(
+            _profiles(store.read(USER_SEGMENTS), store.read(USER_FEATURES), n_segmented, run_id),
+            SEGMENT_PROFILES,
+        )
         return n_segmented
     finally:
         assigned.unpersist()
@@ -156,19 +179,35 @@ def _write_selected(spark, store, frame: DataFrame, algorithm: str, k: int, cfg:
 def _profiles(segments: DataFrame, features: DataFrame, n_users: int, run_id: str) -> DataFrame:
     """Per segment: size, share of users and the mean of every raw feature (interpretable units)."""
     names = [s.name for s in feature_specs() if s.name in features.columns]
-    per_segment = segments.join(features.select("user_id", *names), "user_id").groupBy("segment_id").agg(
-        F.count("*").alias("n_users"), *[F.avg(c).alias(f"mean_{c}") for c in names]
+    per_segment = (
+        segments.join(features.select("user_id", *names), "user_id")
+        .groupBy("segment_id")
+        .agg(F.count("*").alias("n_users"), *[F.avg(c).alias(f"mean_{c}") for c in names])
     )
     return per_segment.select(
-        "segment_id", "n_users", (F.col("n_users") / F.lit(n_users)).alias("share"),
-        *[f"mean_{c}" for c in names], F.lit(run_id).alias("run_id"),
+        "segment_id",
+        "n_users",
+        (F.col("n_users") / F.lit(n_users)).alias("share"),
+        *[f"mean_{c}" for c in names],
+        F.lit(run_id).alias("run_id"),
     )
 
 
 def _write_evaluation(spark, store, results: list[Evaluation], run_id: str) -> None:
     rows = [
-        (run_id, r.representation, r.algorithm, r.k, r.silhouette, r.calinski_harabasz, r.davies_bouldin,
-         r.wssse, r.min_segment_share, r.stability_ari, r.selected)
+        (
+            run_id,
+            r.representation,
+            r.algorithm,
+            r.k,
+            r.silhouette,
+            r.calinski_harabasz,
+            r.davies_bouldin,
+            r.wssse,
+            r.min_segment_share,
+            r.stability_ari,
+            r.selected,
+        )
         for r in results
     ]
     frame = spark.createDataFrame(rows, EVALUATION_SCHEMA)

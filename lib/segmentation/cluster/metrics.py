@@ -41,7 +41,9 @@ def centroids(points: DataFrame, features: str, cluster: str) -> DataFrame:
     Input: a `features` array column and an integer `cluster` column. Output: one row per cluster.
     """
     return (
-        points.select(cluster, array_to_vector(features).alias("_v"), squared_norm(F.col(features)).alias("_sq"))
+        points.select(
+            cluster, array_to_vector(features).alias("_v"), squared_norm(F.col(features)).alias("_sq")
+        )
         .groupBy(cluster)
         .agg(
             F.count("*").alias("n"),
@@ -54,8 +56,10 @@ def centroids(points: DataFrame, features: str, cluster: str) -> DataFrame:
 def with_distance(points: DataFrame, centres: DataFrame, features: str, cluster: str) -> DataFrame:
     """Add `distance`: Euclidean distance from each point to its cluster's centroid."""
     small = F.broadcast(centres.select(cluster, "centroid"))
-    return points.join(small, cluster).withColumn("distance", euclidean(F.col(features), F.col("centroid"))).drop(
-        "centroid"
+    return (
+        points.join(small, cluster)
+        .withColumn("distance", euclidean(F.col(features), F.col("centroid")))
+        .drop("centroid")
     )
 
 
@@ -65,7 +69,10 @@ def cluster_stats(points: DataFrame, features: str, cluster: str) -> ClusterStat
     rows = centres.collect()  # k rows
     spread = {
         r[cluster]: r["s"]
-        for r in with_distance(points, centres, features, cluster).groupBy(cluster).agg(F.avg("distance").alias("s")).collect()
+        for r in with_distance(points, centres, features, cluster)
+        .groupBy(cluster)
+        .agg(F.avg("distance").alias("s"))
+        .collect()
     }
     centres.unpersist()
     labels = [r[cluster] for r in rows]
@@ -87,7 +94,9 @@ def cluster_stats(points: DataFrame, features: str, cluster: str) -> ClusterStat
         ratio = (s[:, None] + s[None, :]) / gaps
         np.fill_diagonal(ratio, -np.inf)
         db = float(np.mean(ratio.max(axis=1)))
-    return ClusterStats(int(n), {int(lbl): int(c) for lbl, c in zip(labels, n_c, strict=True)}, within, ch, db)
+    return ClusterStats(
+        int(n), {int(lbl): int(c) for lbl, c in zip(labels, n_c, strict=True)}, within, ch, db
+    )
 
 
 def silhouette(points: DataFrame, vector: str, cluster: str) -> float | None:

@@ -72,12 +72,24 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.embed.batch_size))
     describe(spark, f"embed: model {spec.version}")
     out = embed_users(users, str(path)).select(
-        "user_id", "embedding", "recon_error", F.lit(spec.version).alias("model_version"), F.lit(run_id).alias("run_id")
+        "user_id",
+        "embedding",
+        "recon_error",
+        F.lit(spec.version).alias("model_version"),
+        F.lit(run_id).alias("run_id"),
     )
     store.overwrite(out, USER_EMBEDDINGS)
     written = store.read(USER_EMBEDDINGS)
     stats = written.agg(F.count("*").alias("n"), F.avg("recon_error").alias("err")).head()
-    log.info("embed: %d users embedded (dim %d) with model %s; mean reconstruction error %.4f",
-             stats["n"], spec.embedding_dim, spec.version, stats["err"] or float("nan"))
-    return StageResult(rows_in=users.count(), rows_out=stats["n"],
-                       details={"model_version": spec.version, "mean_recon_error": stats["err"]})
+    log.info(
+        "embed: %d users embedded (dim %d) with model %s; mean reconstruction error %.4f",
+        stats["n"],
+        spec.embedding_dim,
+        spec.version,
+        stats["err"] or float("nan"),
+    )
+    return StageResult(
+        rows_in=users.count(),
+        rows_out=stats["n"],
+        details={"model_version": spec.version, "mean_recon_error": stats["err"]},
+    )

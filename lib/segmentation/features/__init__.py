@@ -32,14 +32,16 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     describe(spark, "features: as_of and window")
     if cfg.features.as_of:
         as_of = dt.datetime.fromisoformat(cfg.features.as_of)
-        as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=dt.timezone.utc)
+        as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=dt.UTC)
     else:
         as_of = silver.agg(F.max("event_time")).head()[0]
         if as_of is None:
             raise StageError("events_silver is empty: nothing to build features from")
     events = silver.where(~F.col("is_bot") & (F.col("event_time") <= F.lit(as_of)))
     if cfg.features.lookback_days:
-        events = events.where(F.col("event_time") > F.lit(as_of - dt.timedelta(days=cfg.features.lookback_days)))
+        events = events.where(
+            F.col("event_time") > F.lit(as_of - dt.timedelta(days=cfg.features.lookback_days))
+        )
 
     specs = feature_specs()
     names = [s.name for s in specs]
@@ -64,8 +66,14 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         excluded = _excluded_users(silver, as_of, n_users)
     finally:
         users.unpersist()
-    log.info("features: %d users x %d features (as of %s); %d users left out (bots or too few events); dropped constant: %s",
-             n_users, len(scaler.feature_names), as_of, excluded, scaler.dropped_constant)
+    log.info(
+        "features: %d users x %d features (as of %s); %d users left out (bots or too few events); dropped constant: %s",
+        n_users,
+        len(scaler.feature_names),
+        as_of,
+        excluded,
+        scaler.dropped_constant,
+    )
     return StageResult(
         rows_in=silver.count(),
         rows_out=n_users,

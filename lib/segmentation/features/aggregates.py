@@ -42,7 +42,9 @@ def feature_specs() -> list[FeatureSpec]:
         FeatureSpec("recency_days", "activity", "days from the last event to as_of", True),
         FeatureSpec("tenure_days", "activity", "days from the first to the last event", True),
     ]
-    specs += [FeatureSpec(f"share_{t}", "event_mix", f"events of type {t} / n_events", False) for t in TYPE_NAMES]
+    specs += [
+        FeatureSpec(f"share_{t}", "event_mix", f"events of type {t} / n_events", False) for t in TYPE_NAMES
+    ]
     specs += [
         FeatureSpec("purchase_count", "monetary", "count of purchase events", True),
         FeatureSpec("purchase_total", "monetary", "sum of value over purchases", True),
@@ -60,8 +62,10 @@ def user_aggregates(events: DataFrame, as_of: Column) -> DataFrame:
     per_day = events.groupBy("user_id", "event_date").agg(F.count("*").alias("_n"))
     days = per_day.groupBy("user_id").agg(F.count("*").alias("active_days"))
     sessions = (
-        events.groupBy("user_id", "session_id").agg(F.count("*").alias("_n"))
-        .groupBy("user_id").agg(F.count("*").alias("n_sessions"))
+        events.groupBy("user_id", "session_id")
+        .agg(F.count("*").alias("_n"))
+        .groupBy("user_id")
+        .agg(F.count("*").alias("n_sessions"))
     )
     is_purchase = F.col("event_type") == "purchase"
     main = events.groupBy("user_id").agg(
@@ -86,7 +90,9 @@ def user_aggregates(events: DataFrame, as_of: Column) -> DataFrame:
         *[_ratio(f"_n_{t}", "n_events").alias(f"share_{t}") for t in TYPE_NAMES],
         F.col("_n_purchase").cast("double").alias("purchase_count"),
         F.coalesce(F.col("_purchase_total"), F.lit(0.0)).alias("purchase_total"),
-        F.when(F.col("_n_purchase") > 0, F.coalesce(F.col("_purchase_total"), F.lit(0.0)) / F.col("_n_purchase"))
+        F.when(
+            F.col("_n_purchase") > 0, F.coalesce(F.col("_purchase_total"), F.lit(0.0)) / F.col("_n_purchase")
+        )
         .otherwise(F.lit(0.0))
         .alias("purchase_mean"),
     )

@@ -51,9 +51,7 @@ class Scaler:
         return Scaler(**json.loads(path.read_text()))
 
 
-def fit_scaler(
-    users: DataFrame, names: list[str], log1p: list[bool], clip_std: float, run_id: str
-) -> Scaler:
+def fit_scaler(users: DataFrame, names: list[str], log1p: list[bool], clip_std: float, run_id: str) -> Scaler:
     """Mean and (population) standard deviation of each transformed feature; constants are dropped."""
     exprs = []
     for name, use_log in zip(names, log1p, strict=True):

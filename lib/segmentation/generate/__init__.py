@@ -36,7 +36,18 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         (staging / f"kind={kind}").rename(target)
     shutil.rmtree(staging, ignore_errors=True)
     lines = spark.read.text(str(raw)).count()
-    log.info("generated %d raw log lines for %d users (+%d bots) in %s; truth in %s",
-             lines, cfg.generate.users, cfg.generate.bot_users, raw, truth)
-    return {"raw_lines": lines, "users": cfg.generate.users, "bot_users": cfg.generate.bot_users,
-            "path": str(raw), "truth_path": str(truth)}
+    log.info(
+        "generated %d raw log lines for %d users (+%d bots) in %s; truth in %s",
+        lines,
+        cfg.generate.users,
+        cfg.generate.bot_users,
+        raw,
+        truth,
+    )
+    return {
+        "raw_lines": lines,
+        "users": cfg.generate.users,
+        "bot_users": cfg.generate.bot_users,
+        "path": str(raw),
+        "truth_path": str(truth),
+    }

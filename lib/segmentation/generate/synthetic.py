@@ -24,7 +24,18 @@ from pyspark.sql import DataFrame, SparkSession
 from segmentation.config import GenerateConfig
 
 EVENT_TYPES = ("view", "search", "cart", "purchase", "rate")
-CATEGORIES = ("electronics", "fashion", "home", "grocery", "books", "games", "beauty", "sports", "toys", "garden")
+CATEGORIES = (
+    "electronics",
+    "fashion",
+    "home",
+    "grocery",
+    "books",
+    "games",
+    "beauty",
+    "sports",
+    "toys",
+    "garden",
+)
 DEVICES = ("mobile", "desktop", "tablet")
 TZ_OFFSETS = ("+00:00", "+01:00", "+02:00")
 DIRTY_KINDS = (
@@ -55,21 +66,71 @@ class Profile:
 
 
 PROFILES = (
-    Profile("bargain_browsers", 0.28, 30, (0.70, 0.12, 0.10, 0.03, 0.05),
-            (0.05, 0.35, 0.25, 0.05, 0.03, 0.02, 0.15, 0.04, 0.03, 0.03), 20.5, 2.0, 0.30, 2.8,
-            (0.75, 0.15, 0.10), 6),
-    Profile("big_spenders", 0.18, 22, (0.40, 0.10, 0.20, 0.25, 0.05),
-            (0.40, 0.15, 0.15, 0.02, 0.03, 0.05, 0.05, 0.10, 0.02, 0.03), 13.0, 2.5, 0.20, 5.5,
-            (0.30, 0.65, 0.05), 4),
-    Profile("weekend_families", 0.22, 18, (0.50, 0.10, 0.18, 0.17, 0.05),
-            (0.03, 0.08, 0.20, 0.35, 0.04, 0.03, 0.04, 0.05, 0.15, 0.03), 11.0, 2.5, 0.80, 3.5,
-            (0.40, 0.20, 0.40), 5),
-    Profile("night_gamers", 0.16, 40, (0.55, 0.20, 0.12, 0.08, 0.05),
-            (0.10, 0.03, 0.02, 0.02, 0.08, 0.60, 0.02, 0.05, 0.05, 0.03), 1.5, 2.0, 0.45, 3.8,
-            (0.80, 0.10, 0.10), 8),
-    Profile("researchers", 0.16, 26, (0.40, 0.35, 0.06, 0.04, 0.15),
-            (0.30, 0.03, 0.05, 0.02, 0.40, 0.05, 0.02, 0.08, 0.02, 0.03), 16.0, 3.0, 0.25, 4.3,
-            (0.10, 0.85, 0.05), 7),
+    Profile(
+        "bargain_browsers",
+        0.28,
+        30,
+        (0.70, 0.12, 0.10, 0.03, 0.05),
+        (0.05, 0.35, 0.25, 0.05, 0.03, 0.02, 0.15, 0.04, 0.03, 0.03),
+        20.5,
+        2.0,
+        0.30,
+        2.8,
+        (0.75, 0.15, 0.10),
+        6,
+    ),
+    Profile(
+        "big_spenders",
+        0.18,
+        22,
+        (0.40, 0.10, 0.20, 0.25, 0.05),
+        (0.40, 0.15, 0.15, 0.02, 0.03, 0.05, 0.05, 0.10, 0.02, 0.03),
+        13.0,
+        2.5,
+        0.20,
+        5.5,
+        (0.30, 0.65, 0.05),
+        4,
+    ),
+    Profile(
+        "weekend_families",
+        0.22,
+        18,
+        (0.50, 0.10, 0.18, 0.17, 0.05),
+        (0.03, 0.08, 0.20, 0.35, 0.04, 0.03, 0.04, 0.05, 0.15, 0.03),
+        11.0,
+        2.5,
+        0.80,
+        3.5,
+        (0.40, 0.20, 0.40),
+        5,
+    ),
+    Profile(
+        "night_gamers",
+        0.16,
+        40,
+        (0.55, 0.20, 0.12, 0.08, 0.05),
+        (0.10, 0.03, 0.02, 0.02, 0.08, 0.60, 0.02, 0.05, 0.05, 0.03),
+        1.5,
+        2.0,
+        0.45,
+        3.8,
+        (0.80, 0.10, 0.10),
+        8,
+    ),
+    Profile(
+        "researchers",
+        0.16,
+        26,
+        (0.40, 0.35, 0.06, 0.04, 0.15),
+        (0.30, 0.03, 0.05, 0.02, 0.40, 0.05, 0.02, 0.08, 0.02, 0.03),
+        16.0,
+        3.0,
+        0.25,
+        4.3,
+        (0.10, 0.85, 0.05),
+        7,
+    ),
 )
 
 
@@ -127,7 +188,9 @@ def _regular_users(ids: np.ndarray, params: _Params, rng: np.random.Generator) -
     n = len(ids)
     if n == 0:
         return None
-    seg = rng.choice(len(PROFILES), size=n, p=np.array([p.share for p in PROFILES]) / sum(p.share for p in PROFILES))
+    seg = rng.choice(
+        len(PROFILES), size=n, p=np.array([p.share for p in PROFILES]) / sum(p.share for p in PROFILES)
+    )
     prof = [PROFILES[s] for s in seg]
 
     def per_user(attr: str) -> np.ndarray:
@@ -141,7 +204,9 @@ def _regular_users(ids: np.ndarray, params: _Params, rng: np.random.Generator) -
     hour_spread = per_user("hour_spread") * rng.uniform(0.8, 1.2, n)
     weekend = np.clip(per_user("weekend_share") + rng.normal(0, 0.08, n), 0.02, 0.98)
     log_price = per_user("log_price") + rng.normal(0, 0.35, n)
-    n_events = np.maximum(1, np.round(rng.lognormal(np.log(per_user("mean_events") * params.days / 30), 0.5))).astype(int)
+    n_events = np.maximum(
+        1, np.round(rng.lognormal(np.log(per_user("mean_events") * params.days / 30), 0.5))
+    ).astype(int)
     eps = np.maximum(1.0, per_user("events_per_session") * rng.uniform(0.7, 1.3, n))
     device = _sample_rows(device_mix, np.arange(n), rng)
     tz = rng.integers(0, len(TZ_OFFSETS), n)
@@ -187,8 +252,10 @@ def _regular_users(ids: np.ndarray, params: _Params, rng: np.random.Generator) -
             "user_id": _user_key(ids)[user_of],
             "event_time": time_text,
             "event_type": np.array(EVENT_TYPES)[etype],
-            "item_id": np.char.add(np.char.add(np.array([c[:3] for c in CATEGORIES])[category], "-"),
-                                   rng.integers(1000, 9999, len(user_of)).astype(str)),
+            "item_id": np.char.add(
+                np.char.add(np.array([c[:3] for c in CATEGORIES])[category], "-"),
+                rng.integers(1000, 9999, len(user_of)).astype(str),
+            ),
             "category": np.array(CATEGORIES)[category],
             "value": np.where(has_value, price, np.nan),
             "quantity": pd.Series(quantity, dtype="Int64").where(has_value),
@@ -217,7 +284,9 @@ def _bot_users(ids: np.ndarray, params: _Params, rng: np.random.Generator) -> pd
     user_of = np.repeat(np.arange(len(ids)), n_events)
     day = rng.integers(0, params.days, len(ids))[user_of]
     start = np.datetime64(params.start.isoformat(), "s") + (day * 86_400).astype("timedelta64[s]")
-    seconds = pd.Series(rng.exponential(8.0, len(user_of))).groupby(user_of).cumsum().to_numpy().astype("int64")
+    seconds = (
+        pd.Series(rng.exponential(8.0, len(user_of))).groupby(user_of).cumsum().to_numpy().astype("int64")
+    )
     times = pd.Series(np.datetime_as_string(start + seconds.astype("timedelta64[s]"), unit="s")) + "+00:00"
     category = rng.integers(0, len(CATEGORIES), len(user_of))
     events = pd.DataFrame(
@@ -232,7 +301,13 @@ def _bot_users(ids: np.ndarray, params: _Params, rng: np.random.Generator) -> pd
     )
     lines = events.to_json(orient="records", lines=True).splitlines()
     truth = pd.DataFrame(
-        {"user_id": _user_key(ids), "segment": "bot", "events": n_events, "valid_events": n_events, "is_bot": True}
+        {
+            "user_id": _user_key(ids),
+            "segment": "bot",
+            "events": n_events,
+            "valid_events": n_events,
+            "is_bot": True,
+        }
     )
     return _frame(lines, truth)
 
@@ -253,7 +328,9 @@ def _dirty(events: pd.DataFrame, params: _Params, rng: np.random.Generator) -> t
         elif what == "missing_user_id":
             record.pop("user_id")
         elif what == "invalid_timestamp":
-            record["event_time"] = rng.choice(["2026-13-45T25:61:00+00:00", "yesterday", "", "31/02/2026 10:00"])
+            record["event_time"] = rng.choice(
+                ["2026-13-45T25:61:00+00:00", "yesterday", "", "31/02/2026 10:00"]
+            )
         elif what == "unknown_event_type":
             record["event_type"] = rng.choice(["hover", "scroll", "wishlist_zap"])
         elif what == "negative_value":

@@ -13,9 +13,16 @@ from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from segmentation.config import Config
+from segmentation.config import CANONICAL_FIELDS, Config
 from segmentation.errors import DataQualityError
-from segmentation.ingest.clean import builtin_rules, canonicalize, classify, flag_bots, sessionize, with_event_id
+from segmentation.ingest.clean import (
+    builtin_rules,
+    canonicalize,
+    classify,
+    flag_bots,
+    sessionize,
+    with_event_id,
+)
 from segmentation.ingest.readers import read_raw
 from segmentation.runs import StageResult
 from segmentation.spark import describe
@@ -25,8 +32,13 @@ from segmentation.storage.names import EVENTS_BRONZE, EVENTS_QUARANTINE, EVENTS_
 log = logging.getLogger(__name__)
 
 SILVER_COLUMNS = (
-    "event_id", "user_id", "event_time", "event_type", "item_id", "category", "value", "quantity",
-    "session_id", "device", "is_bot", "bot_reason", "source_file", "run_id", "event_date",
+    "event_id",
+    *CANONICAL_FIELDS,
+    "is_bot",
+    "bot_reason",
+    "source_file",
+    "run_id",
+    "event_date",
 )
 
 
@@ -39,12 +51,17 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     checked = checked.withColumn("run_id", F.lit(run_id)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         describe(spark, "ingest: bronze")
-        store.overwrite(checked.select("raw_record", "source_file", "run_id", ingested_at.alias("ingested_at")),
-                        EVENTS_BRONZE)
+        store.overwrite(
+            checked.select("raw_record", "source_file", "run_id", ingested_at.alias("ingested_at")),
+            EVENTS_BRONZE,
+        )
         describe(spark, "ingest: quarantine")
         store.overwrite(
             checked.where(F.col("reject_reason").isNotNull()).select(
-                F.col("reject_reason").alias("reason"), "raw_record", "source_file", "run_id",
+                F.col("reject_reason").alias("reason"),
+                "raw_record",
+                "source_file",
+                "run_id",
                 ingested_at.alias("ingested_at"),
             ),
             EVENTS_QUARANTINE,
@@ -52,7 +69,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         good = checked.where(F.col("reject_reason").isNull())
         duplicates = good.groupBy("event_id").count().agg(F.sum(F.col("count") - 1)).head()[0] or 0
         unique = good.dropDuplicates(["event_id"]).withColumn("event_date", F.to_date("event_time"))
-        silver = flag_bots(sessionize(unique, cfg.ingest.session_gap_minutes), cfg.ingest.bot_max_events_per_day)
+        silver = flag_bots(
+            sessionize(unique, cfg.ingest.session_gap_minutes), cfg.ingest.bot_max_events_per_day
+        )
         describe(spark, "ingest: silver")
         store.overwrite(silver.select(*SILVER_COLUMNS), EVENTS_SILVER, ["event_date"])
         return _reconcile(store, checked.count(), duplicates)
@@ -66,17 +85,30 @@ def _reconcile(store, rows_in: int, duplicates: int) -> StageResult:
     quarantine = store.read(EVENTS_QUARANTINE)
     by_reason = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
     rows_quarantined = sum(by_reason.values())
-    bots = silver.where("is_bot").agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("events")).head()
+    bots = (
+        silver.where("is_bot")
+        .agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("events"))
+        .head()
+    )
     result = StageResult(
         rows_in=rows_in,
         rows_out=rows_out,
         rows_quarantined=rows_quarantined,
         rows_duplicate=duplicates,
-        details={"quarantined_by_reason": by_reason, "bot_users": bots["users"], "bot_events": bots["events"]},
+        details={
+            "quarantined_by_reason": by_reason,
+            "bot_users": bots["users"],
+            "bot_events": bots["events"],
+        },
     )
     log.info(
         "ingest: %d records in, %d kept, %d quarantined %s, %d duplicates; %d bot users flagged",
-        rows_in, rows_out, rows_quarantined, by_reason, duplicates, bots["users"],
+        rows_in,
+        rows_out,
+        rows_quarantined,
+        by_reason,
+        duplicates,
+        bots["users"],
     )
     if rows_in != rows_out + rows_quarantined + duplicates:
         raise DataQualityError(

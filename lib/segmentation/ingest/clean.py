@@ -69,7 +69,9 @@ def source_columns(parsed: DataFrame, cfg: InputConfig) -> dict[str, tuple[Colum
             out[name] = (F.col(f"rec.`{name}`"), rec_schema[name].dataType)
     for name in REQUIRED_FIELDS:
         if name not in out:
-            raise ConfigError(f"the input has no column {name!r}: set input.mapping.{name} to the source column")
+            raise ConfigError(
+                f"the input has no column {name!r}: set input.mapping.{name} to the source column"
+            )
     return out
 
 
@@ -100,7 +102,9 @@ def canonicalize(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
         return sources[name][0] if name in sources else F.lit(None)
 
     type_map = {raw.strip().lower(): canonical for canonical, raws in cfg.event_types.items() for raw in raws}
-    type_lookup = F.create_map(*[F.lit(x) for x in chain.from_iterable(type_map.items())]) if type_map else None
+    type_lookup = (
+        F.create_map(*[F.lit(x) for x in chain.from_iterable(type_map.items())]) if type_map else None
+    )
     raw_type = _normalized(src("event_type")) if "event_type" in sources else F.lit(None).cast("string")
     mapped_type = type_lookup[raw_type] if type_lookup is not None else F.lit(None).cast("string")
     if cfg.unknown_event_type == "other":
@@ -148,9 +152,7 @@ def sessionize(events: DataFrame, gap_minutes: int) -> DataFrame:
     """
     by_user = Window.partitionBy("user_id").orderBy("event_time", "event_id")
     previous = F.lag("event_time").over(by_user)
-    starts = previous.isNull() | (
-        F.col("event_time").cast("long") - previous.cast("long") > gap_minutes * 60
-    )
+    starts = previous.isNull() | (F.col("event_time").cast("long") - previous.cast("long") > gap_minutes * 60)
     with_start = events.withColumn(
         "_session_start",
         F.when(starts, F.col("event_time").cast("long")),
@@ -159,7 +161,9 @@ def sessionize(events: DataFrame, gap_minutes: int) -> DataFrame:
         F.last("_session_start", ignorenulls=True).over(by_user.rowsBetween(Window.unboundedPreceding, 0)),
     )
     derived = F.concat_ws("-", F.col("user_id"), F.col("_session_start").cast("string"))
-    return with_start.withColumn("session_id", F.coalesce(F.col("session_id"), derived)).drop("_session_start")
+    return with_start.withColumn("session_id", F.coalesce(F.col("session_id"), derived)).drop(
+        "_session_start"
+    )
 
 
 def flag_bots(events: DataFrame, max_events_per_day: int) -> DataFrame:

@@ -49,7 +49,5 @@ def _read_json_lines(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     if not fields:
         raise ConfigError(f"input.path {cfg.path}: no JSON records found")
     schema = StructType([*fields, StructField(CORRUPT, StringType())])
-    parsed = F.from_json(
-        "raw_record", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
-    )
+    parsed = F.from_json("raw_record", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
     return lines.withColumn("rec", parsed)

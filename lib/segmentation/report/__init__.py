@@ -55,10 +55,14 @@ def _plots(evaluations: list[dict], profiles: list[dict]) -> str:
     for (rep, algo), marker in zip(
         sorted({(e["representation"], e["algorithm"]) for e in evaluations}), "osd^v<>", strict=False
     ):
-        points = sorted((e["k"], e["silhouette"]) for e in evaluations
-                        if e["representation"] == rep and e["algorithm"] == algo and e["silhouette"] is not None)
+        points = sorted(
+            (e["k"], e["silhouette"])
+            for e in evaluations
+            if e["representation"] == rep and e["algorithm"] == algo and e["silhouette"] is not None
+        )
         if points:
             axes[0].plot(*zip(*points, strict=True), marker=marker, label=f"{rep} / {algo}")
+    axes[0].set_xticks(sorted({e["k"] for e in evaluations}))
     axes[0].set_xlabel("k")
     axes[0].set_ylabel("silhouette")
     axes[0].set_title("Silhouette by k")
@@ -78,15 +82,25 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     profiles_all = [r.asDict() for r in store.read_or_fail(SEGMENT_PROFILES, "report").collect()]  # k rows
     # The evaluation of the clustering run that produced the current segments.
     cluster_run = profiles_all[0]["run_id"] if profiles_all else run_id
-    evaluations = [r.asDict() for r in store.read_or_fail(CLUSTERING_EVALUATION, "report")
-                   .where(F.col("run_id") == cluster_run).orderBy("representation", "algorithm", "k").collect()]
+    evaluations = [
+        r.asDict()
+        for r in store.read_or_fail(CLUSTERING_EVALUATION, "report")
+        .where(F.col("run_id") == cluster_run)
+        .orderBy("representation", "algorithm", "k")
+        .collect()
+    ]
     minimum = cfg.privacy.min_segment_size
     profiles = [p for p in profiles_all if p["n_users"] >= minimum]
     suppressed = len(profiles_all) - len(profiles)
     stages = []
     if store.exists(PIPELINE_RUNS):
-        stages = [r.asDict() for r in store.read(PIPELINE_RUNS).where(F.col("run_id") == run_id)
-                  .orderBy("started_at").collect()]
+        stages = [
+            r.asDict()
+            for r in store.read(PIPELINE_RUNS)
+            .where(F.col("run_id") == run_id)
+            .orderBy("started_at")
+            .collect()
+        ]
     ingest = next((s for s in stages if s["stage"] == "ingest"), None)
 
     parts = [
@@ -104,22 +118,60 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
             f"<p>{ingest['rows_in']} records read = {ingest['rows_out']} kept + {ingest['rows_quarantined']} "
             f"quarantined + {ingest['rows_duplicate']} duplicates. Bot users flagged (not segmented): "
             f"{details.get('bot_users', 0)}.</p>"
-            + _table([{"reason": k, "records": v} for k, v in sorted(details.get("quarantined_by_reason", {}).items())],
-                     ["reason", "records"])
+            + _table(
+                [
+                    {"reason": k, "records": v}
+                    for k, v in sorted(details.get("quarantined_by_reason", {}).items())
+                ],
+                ["reason", "records"],
+            )
         )
     if stages:
-        parts.append("<h2>Stages</h2>" + _table(
-            stages, ["stage", "status", "started_at", "finished_at", "rows_in", "rows_out", "rows_quarantined",
-                     "rows_duplicate"]))
-    parts.append("<h2>Clustering evaluation</h2><p>The embedding is compared with the same algorithms on the "
-                 "scaled raw features (representation <code>raw</code>).</p>")
-    parts.append(_table(evaluations, ["representation", "algorithm", "k", "silhouette", "calinski_harabasz",
-                                      "davies_bouldin", "wssse", "min_segment_share", "stability_ari", "selected"]))
+        parts.append(
+            "<h2>Stages</h2>"
+            + _table(
+                stages,
+                [
+                    "stage",
+                    "status",
+                    "started_at",
+                    "finished_at",
+                    "rows_in",
+                    "rows_out",
+                    "rows_quarantined",
+                    "rows_duplicate",
+                ],
+            )
+        )
+    parts.append(
+        "<h2>Clustering evaluation</h2><p>The embedding is compared with the same algorithms on the "
+        "scaled raw features (representation <code>raw</code>).</p>"
+    )
+    parts.append(
+        _table(
+            evaluations,
+            [
+                "representation",
+                "algorithm",
+                "k",
+                "silhouette",
+                "calinski_harabasz",
+                "davies_bouldin",
+                "wssse",
+                "min_segment_share",
+                "stability_ari",
+                "selected",
+            ],
+        )
+    )
     parts.append(_plots(evaluations, profiles))
-    profile_cols = ["segment_id", "n_users", "share"] + sorted(c for c in (profiles_all[0] if profiles_all else {})
-                                                               if c.startswith("mean_"))
-    parts.append(f"<h2>Segment profiles</h2><p>Segments under {minimum} users are suppressed"
-                 f" ({suppressed} suppressed).</p>")
+    profile_cols = ["segment_id", "n_users", "share"] + sorted(
+        c for c in (profiles_all[0] if profiles_all else {}) if c.startswith("mean_")
+    )
+    parts.append(
+        f"<h2>Segment profiles</h2><p>Segments under {minimum} users are suppressed"
+        f" ({suppressed} suppressed).</p>"
+    )
     parts.append(_table(sorted(profiles, key=lambda p: p["segment_id"]), profile_cols))
     parts.append("</body></html>")
 
@@ -127,5 +179,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
     log.info("report: %s", path.resolve())
-    return StageResult(rows_in=len(evaluations), rows_out=1,
-                       details={"path": str(path.resolve()), "segments_suppressed": suppressed})
+    return StageResult(
+        rows_in=len(evaluations),
+        rows_out=1,
+        details={"path": str(path.resolve()), "segments_suppressed": suppressed},
+    )

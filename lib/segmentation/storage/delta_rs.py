@@ -20,7 +20,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
 import pyarrow.parquet as pq
-from deltalake import DeltaTable, Schema as DeltaSchema
+from deltalake import DeltaTable
+from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructField, StructType
@@ -144,7 +145,9 @@ class DeltaRsStore(TableStore):
         version_before = existing.version() if existing is not None else -1
         actions, written = self._write_files(df, location, partition_by)
         try:
-            self._commit(name, location, existing, schema, actions, mode, partition_by, replace_partitions, txn)
+            self._commit(
+                name, location, existing, schema, actions, mode, partition_by, replace_partitions, txn
+            )
         except Exception as exc:
             # delta-rs can raise after its commit landed (e.g. while reloading the new snapshot): the
             # files are then part of the table and must stay.
@@ -199,8 +202,12 @@ class DeltaRsStore(TableStore):
         if existing is None or (mode == "overwrite" and not replace_partitions):
             # A full overwrite may change schema and partitioning: that is a new table definition.
             create_table_with_add_actions(
-                str(location), delta_schema, actions, mode="error" if existing is None else "overwrite",
-                partition_by=partition_by or None, commit_properties=props,
+                str(location),
+                delta_schema,
+                actions,
+                mode="error" if existing is None else "overwrite",
+                partition_by=partition_by or None,
+                commit_properties=props,
             )
             return
         filters = None
@@ -211,7 +218,11 @@ class DeltaRsStore(TableStore):
                 return
             filters = [(partition_by[0], "in", values)]
         existing.create_write_transaction(
-            actions, mode, delta_schema, partition_by=partition_by or None, partition_filters=filters,
+            actions,
+            mode,
+            delta_schema,
+            partition_by=partition_by or None,
+            partition_filters=filters,
             commit_properties=props,
         )
 
@@ -246,7 +257,9 @@ def footer_stats(path: Path) -> dict:
     stats: dict = {"numRecords": meta.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}
     arrow_schema = meta.schema.to_arrow_schema()
     top_level = {
-        meta.schema.column(i).path: i for i in range(meta.num_columns) if "." not in meta.schema.column(i).path
+        meta.schema.column(i).path: i
+        for i in range(meta.num_columns)
+        if "." not in meta.schema.column(i).path
     }
     for name, index in top_level.items():
         columns = [meta.row_group(g).column(index) for g in range(meta.num_row_groups)]
@@ -283,11 +296,11 @@ def _encode_bounds(arrow_type: str, low, high):
 
 def _epoch_micros(value: dt.datetime) -> int:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _iso_ms(epoch_ms: int) -> str:
-    moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=epoch_ms)
+    moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=epoch_ms)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

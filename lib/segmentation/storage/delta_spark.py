@@ -40,7 +40,9 @@ class DeltaSparkStore(TableStore):
     def __init__(self, spark: SparkSession, cfg: StorageConfig) -> None:
         super().__init__(spark, cfg)
         if not delta_spark_available(spark):
-            raise StorageError(f"storage.engine is delta-spark but the Delta Lake jars are not loaded: {HOW_TO_ADD}")
+            raise StorageError(
+                f"storage.engine is delta-spark but the Delta Lake jars are not loaded: {HOW_TO_ADD}"
+            )
 
     def _catalog_mode(self) -> bool:
         return bool(self.cfg.catalog or self.cfg.schema)
@@ -103,4 +105,6 @@ class DeltaSparkStore(TableStore):
         if self.exists(name):
             current = self.read(name).schema
             if not schemas_match(current, df.schema):
-                raise StorageError(f"schema mismatch writing to {name}: {describe_mismatch(current, df.schema)}")
+                raise StorageError(
+                    f"schema mismatch writing to {name}: {describe_mismatch(current, df.schema)}"
+                )

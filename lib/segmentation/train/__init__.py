@@ -74,12 +74,20 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         "model_path": str(model_path(cfg, run_id).resolve()),
         "version": run_id,
     }
-    log.info("train: %d users, %d features, %d files, %d processes (local_mode=%s, gpu=%s)",
-             total_rows, len(scaler.feature_names), len(files), cfg.training.num_processes,
-             cfg.training.local_mode, cfg.training.use_gpu)
+    log.info(
+        "train: %d users, %d features, %d files, %d processes (local_mode=%s, gpu=%s)",
+        total_rows,
+        len(scaler.feature_names),
+        len(files),
+        cfg.training.num_processes,
+        cfg.training.local_mode,
+        cfg.training.use_gpu,
+    )
     describe(spark, "train: TorchDistributor")
     distributor = TorchDistributor(
-        num_processes=cfg.training.num_processes, local_mode=cfg.training.local_mode, use_gpu=cfg.training.use_gpu
+        num_processes=cfg.training.num_processes,
+        local_mode=cfg.training.local_mode,
+        use_gpu=cfg.training.use_gpu,
     )
     # TorchDistributor prints the processes' output; it is progress, so it belongs on stderr.
     with contextlib.redirect_stdout(sys.stderr):
@@ -89,4 +97,3 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     _publish(cfg, run_id)
     log.info("train: model %s, final loss %.5f", run_id, result["losses"][-1])
     return StageResult(rows_in=total_rows, rows_out=1, details={**result, "model_version": run_id})
-

@@ -57,8 +57,14 @@ def train(spec: dict) -> dict:
     )
     steps = max(1, -(-spec["total_rows"] // (world * spec["batch_size"])))
     if rank == 0:
-        log.info("training: %d processes, feeder %s, %d steps/epoch of %d rows, %s",
-                 world, feeder_name, steps, spec["batch_size"], device)
+        log.info(
+            "training: %d processes, feeder %s, %d steps/epoch of %d rows, %s",
+            world,
+            feeder_name,
+            steps,
+            spec["batch_size"],
+            device,
+        )
 
     losses = []
     for epoch in range(1, spec["epochs"] + 1):

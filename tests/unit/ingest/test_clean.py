@@ -10,7 +10,12 @@ from segmentation.errors import ConfigError
 from segmentation.storage import open_store
 from segmentation.storage.names import EVENTS_QUARANTINE, EVENTS_SILVER
 
-GOOD = {"user_id": "a", "event_time": "2026-09-01T10:00:00+02:00", "event_type": "view", "category": " Books "}
+GOOD = {
+    "user_id": "a",
+    "event_time": "2026-09-01T10:00:00+02:00",
+    "event_type": "view",
+    "category": " Books ",
+}
 LINES = [
     json.dumps(GOOD),
     json.dumps(GOOD),  # exact duplicate

@@ -13,7 +13,7 @@ from segmentation.errors import StorageError
 from segmentation.storage import DeltaRsStore, open_store
 from segmentation.storage.delta_spark import DeltaSparkStore
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 SCHEMA = (
     "user_id string, event_time timestamp, event_date date, value double, quantity long, n int, "
     "is_bot boolean, features array<float>, tags map<string,string>"
@@ -22,10 +22,28 @@ SCHEMA = (
 
 def rows():
     return [
-        ("u1", dt.datetime(2026, 9, 1, 23, 59, 59, 123456, tzinfo=UTC), dt.date(2026, 9, 1), 1.5, 3, 7, False,
-         [0.25, -1.5], {"a": "b"}),
-        ("u2", dt.datetime(2026, 9, 2, 0, 0, 1, tzinfo=UTC), dt.date(2026, 9, 2), None, None, None, True,
-         [], None),
+        (
+            "u1",
+            dt.datetime(2026, 9, 1, 23, 59, 59, 123456, tzinfo=UTC),
+            dt.date(2026, 9, 1),
+            1.5,
+            3,
+            7,
+            False,
+            [0.25, -1.5],
+            {"a": "b"},
+        ),
+        (
+            "u2",
+            dt.datetime(2026, 9, 2, 0, 0, 1, tzinfo=UTC),
+            dt.date(2026, 9, 2),
+            None,
+            None,
+            None,
+            True,
+            [],
+            None,
+        ),
         ("u3", dt.datetime(2026, 9, 3, 12, 0, tzinfo=UTC), dt.date(2026, 9, 3), -2.0, 0, 1, None, None, {}),
     ]
 
@@ -63,7 +81,8 @@ def test_timestamps_stay_utc_whatever_the_session_zone(spark, store):
 def test_partition_overwrite_replaces_only_those_partitions(spark, store):
     store.overwrite(spark.createDataFrame(rows(), SCHEMA), "t", ["event_date"])
     replacement = spark.createDataFrame(
-        [("u9", dt.datetime(2026, 9, 2, 8, tzinfo=UTC), dt.date(2026, 9, 2), 9.0, 1, 1, False, [1.0], None)], SCHEMA
+        [("u9", dt.datetime(2026, 9, 2, 8, tzinfo=UTC), dt.date(2026, 9, 2), 9.0, 1, 1, False, [1.0], None)],
+        SCHEMA,
     )
     store.overwrite_partitions(replacement, "t", ["event_date"])
     got = sorted((r.event_date.isoformat(), r.user_id) for r in store.read("t").collect())
@@ -81,9 +100,11 @@ def test_failure_before_commit_leaves_table_unchanged(spark, store, monkeypatch)
 
     monkeypatch.setattr(DeltaRsStore, "_commit", crash)
     more = spark.createDataFrame(rows(), SCHEMA).withColumn("user_id", F.lit("new"))
-    for write in (lambda: store.append(more, "t", ["event_date"]),
-                  lambda: store.overwrite(more, "t", ["event_date"]),
-                  lambda: store.overwrite_partitions(more, "t", ["event_date"])):
+    for write in (
+        lambda: store.append(more, "t", ["event_date"]),
+        lambda: store.overwrite(more, "t", ["event_date"]),
+        lambda: store.overwrite_partitions(more, "t", ["event_date"]),
+    ):
         with pytest.raises(StorageError, match="table unchanged"):
             write()
     monkeypatch.undo()

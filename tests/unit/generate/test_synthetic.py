@@ -1,0 +1,44 @@
+import json
+
+from pyspark.sql import functions as F
+
+from segmentation import generate
+from segmentation.generate import truth_path
+from segmentation.generate.synthetic import PROFILES, generate_logs
+
+
+def test_generation_is_deterministic_and_plants_what_it_says(spark, cfg):
+    cfg.generate.users = 400
+    cfg.generate.bot_users = 2
+    cfg.generate.dirty_share = 0.05
+    first = generate_logs(spark, cfg.generate)
+    second = generate_logs(spark, cfg.generate)
+    assert first.exceptAll(second).count() == 0 and second.exceptAll(first).count() == 0
+
+    truth = [json.loads(r.value) for r in first.where("kind = 'truth'").collect()]
+    assert len(truth) == 402
+    assert {t["segment"] for t in truth if not t["is_bot"]} == {p.name for p in PROFILES}
+    assert sum(t["is_bot"] for t in truth) == 2
+
+    events = first.where("kind = 'event'")
+    parsed = events.select(
+        F.from_json("value", "user_id string, event_time string, event_type string, value double").alias("e")
+    )
+    malformed = events.where(F.get_json_object("value", "$.event_time").isNull()).count()
+    assert malformed > 0
+    assert parsed.where("e.value < 0").count() > 0
+    assert (
+        parsed.where(
+            "e.event_type = 'hover' OR e.event_type = 'scroll' OR e.event_type = 'wishlist_zap'"
+        ).count()
+        > 0
+    )
+    assert parsed.where("e.event_time LIKE '2031-%'").count() > 0
+    assert events.groupBy("value").count().where("count > 1").count() > 0  # exact duplicates
+
+
+def test_run_writes_logs_and_truth_beside_them(spark, cfg):
+    cfg.generate.users = 50
+    result = generate.run(spark, cfg)
+    assert result["raw_lines"] == spark.read.text(cfg.input.path).count() > 50
+    assert spark.read.json(str(truth_path(cfg))).count() == 50 + cfg.generate.bot_users

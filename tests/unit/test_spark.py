@@ -1,0 +1,17 @@
+from segmentation.spark import REQUIRED_SQL_CONF, get_spark
+from tests.conftest import make_config
+
+
+def test_local_session_suits_a_small_machine(spark):
+    for key, value in REQUIRED_SQL_CONF.items():
+        assert spark.conf.get(key) == value
+    assert spark.conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
+    assert int(spark.conf.get("spark.sql.shuffle.partitions")) <= 16
+
+
+def test_an_existing_session_is_adopted_not_rebuilt(spark, tmp_path):
+    spark.conf.set("spark.sql.session.timeZone", "Europe/Paris")
+    adopted = get_spark(make_config(tmp_path, "spark.app_name=other"))
+    assert adopted is spark
+    assert spark.conf.get("spark.sql.session.timeZone") == "UTC"  # restored: correctness depends on it
+    assert spark.sparkContext.appName != "other"
