@@ -76,11 +76,24 @@ class InputConfig:
     unknown_event_type: Literal["quarantine", "other"] = "quarantine"
 
 
+RuleAction = Literal["warn", "quarantine", "fail"]
+
+
+@dataclass
+class RuleConfig:
+    name: str = ""
+    expect: str = ""
+    action: RuleAction = "quarantine"
+
+
 @dataclass
 class IngestConfig:
     session_gap_minutes: int = 30
     future_tolerance_minutes: int = 60
     bot_max_events_per_day: int = 1000
+    bot_max_events_per_minute: int = 60
+    rules: list[RuleConfig] = field(default_factory=list)
+    rule_actions: dict[str, RuleAction] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,6 +153,9 @@ class ReportConfig:
 class PrivacyConfig:
     pseudonymize: bool = False
     key_env: str = "SEGMENTATION_HMAC_KEY"
+    secret_scope: str | None = None
+    secret_key: str | None = None
+    pii_fields: list[str] = field(default_factory=list)
     min_segment_size: int = 50
 
 
@@ -385,5 +401,24 @@ def _check_values(cfg: Config) -> None:
             f"input.event_types.{name}",
             f"is not a canonical event type ({', '.join(EVENT_TYPES)})",
         )
+    _require(cfg.ingest.bot_max_events_per_minute > 0, "ingest.bot_max_events_per_minute", "must be positive")
+    for i, rule in enumerate(cfg.ingest.rules):
+        _require(
+            bool(_IDENTIFIER.match(rule.name)),
+            f"ingest.rules[{i}].name",
+            "must be an identifier (it becomes a reason code)",
+        )
+        _require(bool(rule.expect.strip()), f"ingest.rules[{i}].expect", "must be a SQL expression")
+    for name in cfg.privacy.pii_fields:
+        _require(
+            name in CANONICAL_FIELDS and name not in ("user_id", "event_time"),
+            "privacy.pii_fields",
+            f"lists {name!r}: only optional canonical fields can be withheld from silver",
+        )
+    _require(
+        (cfg.privacy.secret_scope is None) == (cfg.privacy.secret_key is None),
+        "privacy.secret_key",
+        "and privacy.secret_scope go together (a Databricks secret)",
+    )
     if cfg.input.format == "text":
         _require(cfg.input.pattern is not None, "input.pattern", "is required when input.format is text")

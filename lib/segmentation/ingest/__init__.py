@@ -19,11 +19,13 @@ from segmentation.ingest.clean import (
     builtin_rules,
     canonicalize,
     classify,
+    count_broken,
     flag_bots,
     sessionize,
     with_event_id,
 )
 from segmentation.ingest.readers import read_raw
+from segmentation.privacy import hmac_key, pseudonymize
 from segmentation.runs import StageResult
 from segmentation.spark import describe
 from segmentation.storage import open_store
@@ -44,17 +46,42 @@ SILVER_COLUMNS = (
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     store = open_store(spark, cfg.storage)
+    key = hmac_key(spark, cfg.privacy) if cfg.privacy.pseudonymize else None
+    rules = builtin_rules(cfg.input, cfg.ingest)
     describe(spark, f"ingest: read {cfg.input.path}")
     raw = read_raw(spark, cfg.input)
     ingested_at = F.current_timestamp()
-    checked = classify(with_event_id(canonicalize(raw, cfg.input)), builtin_rules(cfg.input, cfg.ingest))
+    checked = classify(with_event_id(canonicalize(raw, cfg.input)), rules)
     checked = checked.withColumn("run_id", F.lit(run_id)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        describe(spark, "ingest: bronze")
-        store.overwrite(
-            checked.select("raw_record", "source_file", "run_id", ingested_at.alias("ingested_at")),
-            EVENTS_BRONZE,
+        broken = count_broken(checked, rules)
+        failing = {r.name: broken[r.name] for r in rules if r.action == "fail" and broken[r.name]}
+        if failing:
+            raise DataQualityError(
+                "ingest stopped by fail rules, nothing written: "
+                + ", ".join(f"{name} broken by {n} records" for name, n in failing.items())
+            )
+        warned = {r.name: broken[r.name] for r in rules if r.action == "warn" and broken[r.name]}
+        for name, n in warned.items():
+            log.warning("ingest: rule %s broken by %d records (kept: action is warn)", name, n)
+
+        describe(spark, "ingest: silver")
+        good = checked.where(F.col("reject_reason").isNull())
+        duplicates = good.groupBy("event_id").count().agg(F.sum(F.col("count") - 1)).head()[0] or 0
+        unique = good.dropDuplicates(["event_id"]).withColumn("event_date", F.to_date("event_time"))
+        if key is not None:
+            unique = unique.withColumn("user_id", pseudonymize(F.col("user_id"), key))
+        silver = flag_bots(
+            sessionize(unique, cfg.ingest.session_gap_minutes),
+            cfg.ingest.bot_max_events_per_day,
+            cfg.ingest.bot_max_events_per_minute,
         )
+        withheld = set(cfg.privacy.pii_fields)
+        columns = [
+            F.lit(None).cast(silver.schema[c].dataType).alias(c) if c in withheld else F.col(c)
+            for c in SILVER_COLUMNS
+        ]
+        store.overwrite(silver.select(*columns), EVENTS_SILVER, ["event_date"])
         describe(spark, "ingest: quarantine")
         store.overwrite(
             checked.where(F.col("reject_reason").isNotNull()).select(
@@ -66,15 +93,14 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
             ),
             EVENTS_QUARANTINE,
         )
-        good = checked.where(F.col("reject_reason").isNull())
-        duplicates = good.groupBy("event_id").count().agg(F.sum(F.col("count") - 1)).head()[0] or 0
-        unique = good.dropDuplicates(["event_id"]).withColumn("event_date", F.to_date("event_time"))
-        silver = flag_bots(
-            sessionize(unique, cfg.ingest.session_gap_minutes), cfg.ingest.bot_max_events_per_day
+        describe(spark, "ingest: bronze")
+        store.overwrite(
+            checked.select("raw_record", "source_file", "run_id", ingested_at.alias("ingested_at")),
+            EVENTS_BRONZE,
         )
-        describe(spark, "ingest: silver")
-        store.overwrite(silver.select(*SILVER_COLUMNS), EVENTS_SILVER, ["event_date"])
-        return _reconcile(store, checked.count(), duplicates)
+        result = _reconcile(store, checked.count(), duplicates)
+        result.details["warnings_by_rule"] = warned
+        return result
     finally:
         checked.unpersist()
 

@@ -11,35 +11,43 @@ from pyspark.sql.types import DataType, NumericType, StructType
 
 from segmentation.config import CANONICAL_FIELDS, IngestConfig, InputConfig
 from segmentation.errors import ConfigError
-from segmentation.ingest.readers import CORRUPT
 
 REQUIRED_FIELDS = ("user_id", "event_time")
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A data-quality expectation: rows for which `violated` (Spark SQL) is true get `reason`."""
+    """A data-quality expectation, as in Delta Live Tables: `expect` (Spark SQL over the canonical
+    columns) is true for a good record; a record for which it is false breaks the rule. A null result
+    passes, as in SQL CHECK constraints. `name` becomes the quarantine reason code."""
 
-    reason: str
-    violated: str
+    name: str
+    expect: str
     action: str = "quarantine"  # quarantine | warn | fail
+
+    def broken(self) -> Column:
+        return ~F.coalesce(F.expr(self.expect), F.lit(True))
 
 
 def builtin_rules(input_cfg: InputConfig, ingest_cfg: IngestConfig) -> list[Rule]:
-    """The built-in rules, in priority order: a record is quarantined for the first one it breaks."""
+    """The built-in rules then the configured ones, in priority order: a record is quarantined for the
+    first quarantine rule it breaks. `ingest.rule_actions` may change a built-in rule's action."""
+    tolerance = ingest_cfg.future_tolerance_minutes
     rules = [
-        Rule("malformed_record", "_parsed IS NULL"),
-        Rule("missing_user_id", "user_id IS NULL OR trim(user_id) = ''"),
-        Rule("invalid_timestamp", "event_time IS NULL"),
-        Rule(
-            "future_timestamp",
-            f"event_time > current_timestamp() + INTERVAL {ingest_cfg.future_tolerance_minutes} MINUTES",
-        ),
+        Rule("missing_user_id", "user_id IS NOT NULL AND trim(user_id) <> ''"),
+        Rule("invalid_timestamp", "event_time IS NOT NULL"),
+        Rule("future_timestamp", f"event_time <= current_timestamp() + INTERVAL {tolerance} MINUTES"),
     ]
     if input_cfg.unknown_event_type == "quarantine":
-        rules.append(Rule("unknown_event_type", "event_type_raw IS NOT NULL AND event_type IS NULL"))
-    rules.append(Rule("negative_value", "coalesce(value, 0) < 0 OR coalesce(quantity, 0) < 0"))
-    return rules
+        rules.append(Rule("unknown_event_type", "event_type IS NOT NULL OR event_type_raw IS NULL"))
+    rules.append(Rule("negative_value", "coalesce(value, 0) >= 0 AND coalesce(quantity, 0) >= 0"))
+    for name in ingest_cfg.rule_actions:
+        if name not in {r.name for r in rules}:
+            raise ConfigError(
+                f"ingest.rule_actions.{name}: no built-in rule of that name ({', '.join(r.name for r in rules)})"
+            )
+    rules = [Rule(r.name, r.expect, ingest_cfg.rule_actions.get(r.name, r.action)) for r in rules]
+    return rules + [Rule(r.name, r.expect, r.action) for r in ingest_cfg.rules]
 
 
 def _resolve(schema: StructType, path: str) -> DataType | None:
@@ -92,8 +100,8 @@ def _normalized(col: Column) -> Column:
 def canonicalize(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
     """Parsed raw records → canonical columns (untrusted yet).
 
-    Input: raw_record, source_file, rec. Output: raw_record, source_file, `_parsed` (non-null when
-    the record parsed), the canonical fields (user_id, event_time UTC, event_type or null when
+    Input: raw_record, source_file, rec, parse_error (see readers). Output: raw_record, source_file,
+    parse_error, the canonical fields (user_id, event_time UTC, event_type or null when
     unmapped, item_id, category, value, quantity, session_id, device) and event_type_raw.
     """
     sources = source_columns(parsed, cfg)
@@ -113,11 +121,10 @@ def canonicalize(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
         mapped_type = F.lit("other")
 
     user = F.trim(src("user_id").cast("string"))
-    parsed_ok = F.col("rec").isNotNull() & F.col(f"rec.{CORRUPT}").isNull()
     return parsed.select(
         "raw_record",
         "source_file",
-        F.when(parsed_ok, F.lit(True)).alias("_parsed"),
+        "parse_error",
         F.when(user != "", user).alias("user_id"),
         _event_time(src("event_time"), sources["event_time"][1], cfg.time_format).alias("event_time"),
         raw_type.alias("event_type_raw"),
@@ -132,11 +139,27 @@ def canonicalize(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
 
 
 def classify(events: DataFrame, rules: list[Rule]) -> DataFrame:
-    """Add `reject_reason`: the first quarantine rule the row breaks, or null for a good row."""
+    """Add `reject_reason`: the parse error, else the first quarantine rule the row breaks, else null.
+    Add `_broken_<rule>` flags for warn and fail rules, so one pass can count them."""
     reason: Column = F.lit(None).cast("string")
     for rule in reversed([r for r in rules if r.action == "quarantine"]):
-        reason = F.when(F.expr(rule.violated), F.lit(rule.reason)).otherwise(reason)
-    return events.withColumn("reject_reason", reason)
+        reason = F.when(rule.broken(), F.lit(rule.name)).otherwise(reason)
+    flagged = events.withColumn("reject_reason", F.coalesce(F.col("parse_error"), reason))
+    for rule in rules:
+        if rule.action != "quarantine":
+            flagged = flagged.withColumn(
+                f"_broken_{rule.name}", F.col("parse_error").isNull() & rule.broken()
+            )
+    return flagged
+
+
+def count_broken(checked: DataFrame, rules: list[Rule]) -> dict[str, int]:
+    """Records breaking each warn or fail rule (one aggregation; empty when there are none)."""
+    watched = [r for r in rules if r.action != "quarantine"]
+    if not watched:
+        return {}
+    row = checked.agg(*[F.sum(F.col(f"_broken_{r.name}").cast("long")).alias(r.name) for r in watched]).head()
+    return {r.name: int(row[r.name] or 0) for r in watched}
 
 
 def with_event_id(events: DataFrame) -> DataFrame:
@@ -166,21 +189,29 @@ def sessionize(events: DataFrame, gap_minutes: int) -> DataFrame:
     )
 
 
-def flag_bots(events: DataFrame, max_events_per_day: int) -> DataFrame:
-    """Add `is_bot` and `bot_reason`: users above `max_events_per_day` on any day.
+def flag_bots(events: DataFrame, max_per_day: int, max_per_minute: int) -> DataFrame:
+    """Add `is_bot` and `bot_reason`: users above `max_per_day` events on any day or `max_per_minute`
+    within any one minute.
 
-    Input: user_id, event_date. Output: the input columns plus is_bot (boolean), bot_reason (string).
+    Input: user_id, event_time, event_date. Output: the input columns plus is_bot, bot_reason.
     """
-    busiest = (
-        events.groupBy("user_id", "event_date")
+    per_day = (
+        events.groupBy("user_id", "event_date").count().groupBy("user_id").agg(F.max("count").alias("day"))
+    )
+    per_minute = (
+        events.groupBy("user_id", F.date_trunc("minute", "event_time").alias("_minute"))
         .count()
         .groupBy("user_id")
-        .agg(F.max("count").alias("_max_per_day"))
-        .where(F.col("_max_per_day") > max_events_per_day)
-        .select(
-            "user_id",
-            F.lit(True).alias("is_bot"),
-            F.lit(f"events_per_day>{max_events_per_day}").alias("bot_reason"),
-        )
+        .agg(F.max("count").alias("minute"))
     )
-    return events.join(busiest, "user_id", "left").withColumn("is_bot", F.coalesce("is_bot", F.lit(False)))
+    reasons = F.concat_ws(
+        ",",
+        F.when(F.col("day") > max_per_day, F.lit(f"events_per_day>{max_per_day}")),
+        F.when(F.col("minute") > max_per_minute, F.lit(f"events_per_minute>{max_per_minute}")),
+    )
+    bots = (
+        per_day.join(per_minute, "user_id")
+        .where((F.col("day") > max_per_day) | (F.col("minute") > max_per_minute))
+        .select("user_id", F.lit(True).alias("is_bot"), reasons.alias("bot_reason"))
+    )
+    return events.join(bots, "user_id", "left").withColumn("is_bot", F.coalesce("is_bot", F.lit(False)))

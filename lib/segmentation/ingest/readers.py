@@ -1,16 +1,23 @@
 """Readers: any supported raw format → one row per input record.
 
 Every reader returns the same shape, so cleaning never knows the format:
-`raw_record` (the record as read: the line for line-based formats, a JSON rendering otherwise),
-`source_file`, and `rec` (a struct of the parsed source fields, null when the record could not be
-parsed, with `_corrupt_record` set when it was only partly parsed).
+- `raw_record`: the record as read (the line for json and text; a JSON rendering of the row for csv
+  and parquet, or the raw line Spark could not parse),
+- `source_file`,
+- `rec`: a struct of the parsed source fields (null when the record could not be parsed),
+- `parse_error`: null, or the reason the record could not be parsed (`malformed_record`,
+  `pattern_mismatch`).
+Paths may be a file, a directory (read recursively; `key=value` partition directories become columns
+for csv and parquet) or a glob.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
@@ -20,34 +27,163 @@ from segmentation.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CORRUPT = "_corrupt_record"
+_PARTITION_DIR = re.compile(r"^[^=/]+=[^/]*$")
 
 
 def read_raw(spark: SparkSession, cfg: InputConfig) -> DataFrame:
-    """Read `cfg.path` in `cfg.format`. Output columns: raw_record, source_file, rec."""
-    readers = {"json": _read_json_lines}
-    reader = readers.get(cfg.format)
-    if reader is None:
-        raise ConfigError(
-            f"input.format {cfg.format!r} is not supported yet by ingest; supported: {sorted(readers)}"
-        )
-    return reader(spark, cfg)
+    """Read `cfg.path` in `cfg.format`. Output columns: raw_record, source_file, rec, parse_error."""
+    readers = {"json": _read_json_lines, "csv": _read_csv, "parquet": _read_parquet, "text": _read_text}
+    return readers[cfg.format](spark, cfg)
 
 
 def _options(cfg: InputConfig) -> dict[str, str]:
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in cfg.options.items()}
 
 
-def _read_json_lines(spark: SparkSession, cfg: InputConfig) -> DataFrame:
-    """JSON lines (gzip too): every line is a record, blank and malformed lines included."""
-    lines = (
+def _source_file() -> F.Column:
+    return F.col("_metadata.file_path").alias("source_file")
+
+
+def _has_partition_dirs(path: str) -> bool:
+    """True for a local directory laid out as key=value subdirectories (Hive partitions)."""
+    root = Path(path)
+    return root.is_dir() and any(p.is_dir() and _PARTITION_DIR.match(p.name) for p in root.iterdir())
+
+
+def _files_reader(spark: SparkSession, cfg: InputConfig) -> DataFrameReader:
+    """A reader that finds every file under the path: partition discovery when the layout is
+    key=value directories, recursive listing otherwise."""
+    reader = spark.read.options(**_options(cfg))
+    if not _has_partition_dirs(cfg.path):
+        reader = reader.option("recursiveFileLookup", "true")
+    return reader
+
+
+def _lines(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+    """Every line of every file (gzip too): blank and malformed lines are records as well."""
+    return (
         spark.read.option("recursiveFileLookup", "true")
         .text(cfg.path)
-        .select(F.col("value").alias("raw_record"), F.col("_metadata.file_path").alias("source_file"))
+        .select(F.col("value").alias("raw_record"), _source_file())
     )
+
+
+def _read_json_lines(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+    lines = _lines(spark, cfg)
     inferred = spark.read.options(**_options(cfg)).option("recursiveFileLookup", "true").json(cfg.path).schema
     fields = [f for f in inferred.fields if f.name != CORRUPT]
     if not fields:
         raise ConfigError(f"input.path {cfg.path}: no JSON records found")
     schema = StructType([*fields, StructField(CORRUPT, StringType())])
     parsed = F.from_json("raw_record", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
-    return lines.withColumn("rec", parsed)
+    ok = parsed.isNotNull() & parsed[CORRUPT].isNull()
+    return lines.select(
+        "raw_record",
+        "source_file",
+        F.when(ok, parsed.dropFields(CORRUPT)).alias("rec"),
+        F.when(~ok, F.lit("malformed_record")).alias("parse_error"),
+    )
+
+
+def _read_csv(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+    """CSV with `input.options` (header, sep, quote, …). Columns are read as strings and typed later,
+    so a bad value quarantines one record instead of failing the read."""
+    header = _files_reader(spark, cfg).option("inferSchema", "false").csv(cfg.path).schema
+    data_fields = [StructField(f.name, StringType()) for f in header.fields if f.name != CORRUPT]
+    schema = StructType([*data_fields, StructField(CORRUPT, StringType())])
+    rows = (
+        _files_reader(spark, cfg)
+        .schema(schema)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT)
+        .csv(cfg.path)
+    )
+    partition_cols = [c for c in rows.columns if c not in schema.fieldNames()]
+    record = F.struct(*[F.col(f"`{c}`") for c in [f.name for f in data_fields] + partition_cols])
+    bad = F.col(CORRUPT).isNotNull()
+    return rows.select(
+        F.when(bad, F.col(CORRUPT)).otherwise(F.to_json(record)).alias("raw_record"),
+        _source_file(),
+        F.when(~bad, record).alias("rec"),
+        F.when(bad, F.lit("malformed_record")).alias("parse_error"),
+    )
+
+
+def _read_parquet(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+    rows = _files_reader(spark, cfg).parquet(cfg.path)
+    record = F.struct(*[F.col(f"`{c}`") for c in rows.columns])
+    return rows.select(
+        F.to_json(record).alias("raw_record"),
+        _source_file(),
+        record.alias("rec"),
+        F.lit(None).cast("string").alias("parse_error"),
+    )
+
+
+_GROUP_NAME = re.compile(r"\(\?<([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+def named_groups(pattern: str) -> tuple[list[tuple[str, int]], str]:
+    """The (name, group number) of each named group, and the pattern with those groups made plain.
+
+    Groups are numbered as Java numbers them (every capturing group, named or not, by the position of
+    its opening parenthesis), so values can be extracted by number. Plain groups let names carry
+    underscores (`event_time`), which Java group names cannot.
+    """
+    groups: list[tuple[str, int]] = []
+    plain: list[str] = []
+    number = 0
+    i = 0
+    in_class = False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            plain.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "(":
+            match = _GROUP_NAME.match(pattern, i)
+            if match:
+                number += 1
+                groups.append((match.group(1), number))
+                plain.append("(")
+                i = match.end()
+                continue
+            if not pattern.startswith("(?", i):
+                number += 1
+        plain.append(ch)
+        i += 1
+    return groups, "".join(plain)
+
+
+def _read_text(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+    """Plain text read with `input.pattern`: named groups become columns; a line that does not match
+    (a header line too) is a `pattern_mismatch`."""
+    groups, pattern = named_groups(cfg.pattern or "")
+    try:
+        re.compile(pattern)  # close enough to Java's syntax to catch unbalanced groups and the like
+    except re.error as exc:
+        raise ConfigError(f"input.pattern is not a valid regular expression: {exc}") from None
+    if not groups:
+        raise ConfigError("input.pattern has no named groups (?<name>...): nothing would become a column")
+    lines = _lines(spark, cfg)
+    matched = F.col("raw_record").rlike(pattern)
+    record = F.struct(
+        *[
+            F.when(
+                F.regexp_extract("raw_record", pattern, number) != "",
+                F.regexp_extract("raw_record", pattern, number),
+            ).alias(name)
+            for name, number in groups
+        ]
+    )
+    return lines.select(
+        "raw_record",
+        "source_file",
+        F.when(matched, record).alias("rec"),
+        F.when(~matched, F.lit("pattern_mismatch")).alias("parse_error"),
+    )

@@ -93,3 +93,74 @@ def test_mapping_reads_nested_fields_and_names_missing_ones(spark, cfg):
     cfg.input.mapping = {"user_id": "who.name"}
     with pytest.raises(ConfigError, match=r"input.mapping.user_id names 'who.name'"):
         _ingest(spark, cfg, nested)
+
+
+def test_rules_can_warn_fail_or_be_added(spark, cfg):
+    from segmentation.config import RuleConfig
+    from segmentation.errors import DataQualityError
+
+    cfg.ingest.rule_actions = {"negative_value": "warn"}
+    cfg.ingest.rules = [RuleConfig("books_only", "category = 'books' OR category IS NULL", "quarantine")]
+    lines = [*LINES, json.dumps({**GOOD, "category": "toys", "event_time": "2026-09-02T10:00:00Z"})]
+    result = _ingest(spark, cfg, lines)
+    assert "negative_value" not in result.details["quarantined_by_reason"]
+    assert result.details["warnings_by_rule"] == {"negative_value": 1}
+    assert result.details["quarantined_by_reason"]["books_only"] == 1
+
+    cfg.ingest.rule_actions = {"future_timestamp": "fail"}
+    store = open_store(spark, cfg.storage)
+    version = store.version(EVENTS_SILVER)
+    with pytest.raises(DataQualityError, match="future_timestamp broken by 1 records"):
+        _ingest(spark, cfg, LINES)
+    assert store.version(EVENTS_SILVER) == version  # nothing written
+
+
+def test_unknown_rule_action_names_the_key(spark, cfg):
+    cfg.ingest.rule_actions = {"no_such_rule": "warn"}
+    with pytest.raises(ConfigError, match="ingest.rule_actions.no_such_rule"):
+        _ingest(spark, cfg, LINES)
+
+
+def test_pseudonymization_is_keyed_and_deterministic(spark, cfg, monkeypatch):
+    from segmentation.privacy import pseudonym
+
+    cfg.privacy.pseudonymize = True
+    cfg.privacy.pii_fields = ["category"]
+    monkeypatch.setenv(cfg.privacy.key_env, "k" * 32)
+    _ingest(spark, cfg, LINES)
+    silver = open_store(spark, cfg.storage).read(EVENTS_SILVER)
+    ids = {r.user_id for r in silver.collect()}
+    assert ids == {pseudonym("a", b"k" * 32)}
+    assert silver.where("category IS NOT NULL").count() == 0
+    monkeypatch.setenv(cfg.privacy.key_env, "other-key-of-some-length")
+    _ingest(spark, cfg, LINES)
+    other = {r.user_id for r in open_store(spark, cfg.storage).read(EVENTS_SILVER).collect()}
+    assert other != ids and len(other) == 1
+    monkeypatch.delenv(cfg.privacy.key_env)
+    with pytest.raises(ConfigError, match=f"environment variable {cfg.privacy.key_env} is not set"):
+        _ingest(spark, cfg, LINES)
+
+
+def test_bots_are_flagged_and_kept_out_of_features(spark, cfg):
+    from segmentation import features
+    from segmentation.storage.names import USER_FEATURES
+
+    burst = [
+        json.dumps({"user_id": "bot", "event_time": f"2026-09-01T10:00:{s:02d}Z", "event_type": "view"})
+        for s in range(40)
+    ]
+    other_human = [
+        json.dumps({"user_id": "b", "event_time": f"2026-09-0{d}T12:00:00Z", "event_type": "search"})
+        for d in (1, 3)
+    ]
+    cfg.ingest.bot_max_events_per_minute = 30
+    result = _ingest(spark, cfg, LINES + burst + other_human)
+    assert result.details["bot_users"] == 1
+    silver = open_store(spark, cfg.storage).read(EVENTS_SILVER)
+    assert {
+        (r.user_id, r.bot_reason)
+        for r in silver.where("is_bot").select("user_id", "bot_reason").distinct().collect()
+    } == {("bot", "events_per_minute>30")}
+    features.run(spark, cfg, "features")
+    users = {r.user_id for r in open_store(spark, cfg.storage).read(USER_FEATURES).collect()}
+    assert users == {"a", "b"}

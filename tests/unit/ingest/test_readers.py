@@ -1,0 +1,124 @@
+"""Each input format through ingest, on small hand-written files."""
+
+import datetime as dt
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from segmentation import ingest
+from segmentation.errors import ConfigError
+from segmentation.ingest.readers import named_groups
+from segmentation.storage import open_store
+from segmentation.storage.names import EVENTS_QUARANTINE, EVENTS_SILVER
+
+
+def _silver(spark, cfg):
+    return open_store(spark, cfg.storage).read(EVENTS_SILVER).orderBy("event_time").collect()
+
+
+def _reasons(spark, cfg):
+    rows = open_store(spark, cfg.storage).read(EVENTS_QUARANTINE).groupBy("reason").count().collect()
+    return {r["reason"]: r["count"] for r in rows}
+
+
+def test_csv_with_header_options_and_compact_dates(spark, cfg):
+    raw = Path(cfg.input.path)
+    raw.mkdir(parents=True)
+    (raw / "export.csv").write_text(
+        "customer;day;action;amount\n"
+        "c1;20260901;purchase;12,50\n"
+        "c2;20260902;view;\n"
+        "c3;2026-09-03;view;\n"  # not yyyyMMdd
+        "c4;20260904;view;1;extra\n"  # one field too many
+    )
+    cfg.input.format = "csv"
+    cfg.input.options = {"header": True, "sep": ";"}
+    cfg.input.mapping = {
+        "user_id": "customer",
+        "event_time": "day",
+        "event_type": "action",
+        "value": "amount",
+    }
+    cfg.input.time_format = "yyyyMMdd"
+    result = ingest.run(spark, cfg, "csv")
+    assert result.rows_in == 4  # records; the header is not one
+    assert _reasons(spark, cfg) == {"invalid_timestamp": 1, "malformed_record": 1}
+    silver = _silver(spark, cfg)
+    assert [(r.user_id, r.event_time.date().isoformat(), r.event_type) for r in silver] == [
+        ("c1", "2026-09-01", "purchase"),
+        ("c2", "2026-09-02", "view"),
+    ]
+    assert silver[0].value is None  # "12,50" is not a number: typed as null, not a crash
+
+
+def test_parquet_partition_directories_and_epoch_millis(spark, cfg):
+    raw = Path(cfg.input.path)
+    for day, offset in (("2026-09-01", 0), ("2026-09-02", 86_400_000)):
+        folder = raw / f"day={day}"
+        folder.mkdir(parents=True)
+        table = pa.table(
+            {
+                "uid": ["a", "b"],
+                "ts_ms": pa.array([1788220800000 + offset, 1788224400000 + offset], pa.int64()),
+                "payload": [{"kind": "view"}, {"kind": "search"}],
+            }
+        )
+        pq.write_table(table, folder / "part-0.parquet")
+    cfg.input.format = "parquet"
+    cfg.input.mapping = {"user_id": "uid", "event_time": "ts_ms", "event_type": "payload.kind"}
+    result = ingest.run(spark, cfg, "parquet")
+    assert (result.rows_in, result.rows_out) == (4, 4)
+    silver = _silver(spark, cfg)
+    assert silver[0].event_time == dt.datetime(2026, 9, 1, 0, 0)
+    assert [r.event_type for r in silver] == ["view", "search", "view", "search"]
+    assert {r.source_file.rsplit("/", 2)[-2] for r in silver} == {"day=2026-09-01", "day=2026-09-02"}
+
+
+def test_regex_text_with_header_and_variable_whitespace(spark, cfg):
+    raw = Path(cfg.input.path)
+    raw.mkdir(parents=True)
+    (raw / "access.log").write_text(
+        "TIME USER ACTION\n"
+        "2026-09-01T10:00:00Z   u1  view\n"
+        "2026-09-01T10:05:00Z\tu1 \t purchase\n"
+        "garbage line\n"
+    )
+    cfg.input.format = "text"
+    cfg.input.pattern = r"^(?<event_time>\d{4}-\d\d-\d\dT\S+)\s+(?<user_id>\w+)\s+(?<event_type>\w+)\s*$"
+    result = ingest.run(spark, cfg, "text")
+    assert (result.rows_in, result.rows_out, result.rows_quarantined) == (4, 2, 2)
+    assert _reasons(spark, cfg) == {"pattern_mismatch": 2}
+    assert [r.event_type for r in _silver(spark, cfg)] == ["view", "purchase"]
+
+
+def test_gzip_json_and_constants(spark, cfg):
+    raw = Path(cfg.input.path) / "nested" / "deeper"
+    raw.mkdir(parents=True)
+    lines = [json.dumps({"user_id": "p", "event_time": 1788220800, "value": 9.5}) for _ in range(1)]
+    with gzip.open(raw / "orders.json.gz", "wt") as handle:
+        handle.write("\n".join(lines) + "\n")
+    cfg.input.constants = {"event_type": "purchase", "quantity": 1}
+    result = ingest.run(spark, cfg, "gz")
+    assert result.rows_out == 1
+    row = _silver(spark, cfg)[0]
+    assert (row.event_type, row.quantity, row.value) == ("purchase", 1, 9.5)
+
+
+def test_named_groups_are_numbered_as_java_does():
+    pattern = r"(\d+)-(?<user_id>[a-z(]+)(?:x)(?<=y)(?<when>\S+)\((?<t>\w)\)"
+    groups, plain = named_groups(pattern)
+    assert groups == [("user_id", 2), ("when", 3), ("t", 4)]
+    assert plain == r"(\d+)-([a-z(]+)(?:x)(?<=y)(\S+)\((\w)\)"
+
+
+def test_bad_pattern_is_a_config_error(spark, cfg):
+    Path(cfg.input.path).mkdir(parents=True)
+    (Path(cfg.input.path) / "x.log").write_text("a\n")
+    cfg.input.format = "text"
+    cfg.input.pattern = r"(?<user_id>\w+"
+    with pytest.raises(ConfigError, match="input.pattern"):
+        ingest.run(spark, cfg, "bad")
