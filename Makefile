@@ -14,7 +14,7 @@ $(STAMP): requirements/dev.lock requirements/test.lock pyproject.toml scripts/se
 
 demo: $(STAMP)
 	$(BIN)/segment generate --conf $(CONF) --set generate.users=$(DEMO_USERS)
-	$(BIN)/segment run --conf $(CONF)
+	$(BIN)/segment run --conf $(CONF) --set ingest.mode=full
 
 test: $(STAMP)
 	$(BIN)/pytest tests

@@ -88,6 +88,7 @@ class RuleConfig:
 
 @dataclass
 class IngestConfig:
+    mode: Literal["incremental", "full"] = "incremental"
     session_gap_minutes: int = 30
     future_tolerance_minutes: int = 60
     bot_max_events_per_day: int = 1000

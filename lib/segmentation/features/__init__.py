@@ -37,7 +37,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         as_of = silver.agg(F.max("event_time")).head()[0]
         if as_of is None:
             raise StageError("events_silver is empty: nothing to build features from")
-    events = silver.where(~F.col("is_bot") & (F.col("event_time") <= F.lit(as_of)))
+    # A user with any bot-flagged event is left out (incremental ingest re-flags only the days it rewrites).
+    bots = silver.where(F.col("is_bot")).select("user_id").distinct()
+    events = silver.join(bots, "user_id", "left_anti").where(F.col("event_time") <= F.lit(as_of))
     if cfg.features.lookback_days:
         events = events.where(
             F.col("event_time") > F.lit(as_of - dt.timedelta(days=cfg.features.lookback_days))

@@ -170,8 +170,9 @@ def with_event_id(events: DataFrame) -> DataFrame:
 def sessionize(events: DataFrame, gap_minutes: int) -> DataFrame:
     """Fill a missing `session_id`: a user's session ends after `gap_minutes` without events.
 
-    Input: user_id, event_time, session_id (may be null). Output: the same columns, session_id set
-    to `<user_id>-<epoch seconds of the session's first event>` where it was null.
+    Input: user_id, event_time, event_id, session_id (may be null). Output: the same columns, with
+    session_id set to `<user_id>-<epoch seconds of the session's first event>` where it was null, and
+    `session_inferred` (true where the id was derived here).
     """
     by_user = Window.partitionBy("user_id").orderBy("event_time", "event_id")
     previous = F.lag("event_time").over(by_user)
@@ -184,16 +185,17 @@ def sessionize(events: DataFrame, gap_minutes: int) -> DataFrame:
         F.last("_session_start", ignorenulls=True).over(by_user.rowsBetween(Window.unboundedPreceding, 0)),
     )
     derived = F.concat_ws("-", F.col("user_id"), F.col("_session_start").cast("string"))
-    return with_start.withColumn("session_id", F.coalesce(F.col("session_id"), derived)).drop(
-        "_session_start"
+    return (
+        with_start.withColumn("session_inferred", F.col("session_id").isNull())
+        .withColumn("session_id", F.coalesce(F.col("session_id"), derived))
+        .drop("_session_start")
     )
 
 
-def flag_bots(events: DataFrame, max_per_day: int, max_per_minute: int) -> DataFrame:
-    """Add `is_bot` and `bot_reason`: users above `max_per_day` events on any day or `max_per_minute`
-    within any one minute.
+def bot_users(events: DataFrame, max_per_day: int, max_per_minute: int) -> DataFrame:
+    """Users above `max_per_day` events on any day or `max_per_minute` within any one minute.
 
-    Input: user_id, event_time, event_date. Output: the input columns plus is_bot, bot_reason.
+    Input: user_id, event_time, event_date. Output: user_id, bot_reason (one row per bot).
     """
     per_day = (
         events.groupBy("user_id", "event_date").count().groupBy("user_id").agg(F.max("count").alias("day"))
@@ -209,9 +211,13 @@ def flag_bots(events: DataFrame, max_per_day: int, max_per_minute: int) -> DataF
         F.when(F.col("day") > max_per_day, F.lit(f"events_per_day>{max_per_day}")),
         F.when(F.col("minute") > max_per_minute, F.lit(f"events_per_minute>{max_per_minute}")),
     )
-    bots = (
+    return (
         per_day.join(per_minute, "user_id")
         .where((F.col("day") > max_per_day) | (F.col("minute") > max_per_minute))
-        .select("user_id", F.lit(True).alias("is_bot"), reasons.alias("bot_reason"))
+        .select("user_id", reasons.alias("bot_reason"))
     )
-    return events.join(bots, "user_id", "left").withColumn("is_bot", F.coalesce("is_bot", F.lit(False)))
+
+
+def flag_bots(events: DataFrame, bots: DataFrame) -> DataFrame:
+    """Add `is_bot` and `bot_reason` from `bots` (user_id, bot_reason)."""
+    return events.join(bots, "user_id", "left").withColumn("is_bot", F.col("bot_reason").isNotNull())

@@ -30,10 +30,22 @@ CORRUPT = "_corrupt_record"
 _PARTITION_DIR = re.compile(r"^[^=/]+=[^/]*$")
 
 
-def read_raw(spark: SparkSession, cfg: InputConfig) -> DataFrame:
-    """Read `cfg.path` in `cfg.format`. Output columns: raw_record, source_file, rec, parse_error."""
+def read_raw(spark: SparkSession, cfg: InputConfig, files: list[str] | None = None) -> DataFrame:
+    """Read `files` (default: everything under `cfg.path`) in `cfg.format`.
+    Output columns: raw_record, source_file, rec, parse_error."""
     readers = {"json": _read_json_lines, "csv": _read_csv, "parquet": _read_parquet, "text": _read_text}
-    return readers[cfg.format](spark, cfg)
+    return readers[cfg.format](spark, cfg, files or [cfg.path])
+
+
+def normalize_file(uri: str) -> str:
+    """One spelling per file: Spark writes `file:/x` in some places and `file:///x` in others."""
+    return "file:/" + uri[len("file:///") :] if uri.startswith("file:///") else uri
+
+
+def list_input_files(spark: SparkSession, cfg: InputConfig) -> list[str]:
+    """Every data file under `cfg.path` (a driver-side listing of names, no data is read)."""
+    listing = spark.read.option("recursiveFileLookup", "true").text(cfg.path)
+    return sorted({normalize_file(f) for f in listing.inputFiles()})
 
 
 def _options(cfg: InputConfig) -> dict[str, str]:
@@ -52,25 +64,26 @@ def _has_partition_dirs(path: str) -> bool:
 
 def _files_reader(spark: SparkSession, cfg: InputConfig) -> DataFrameReader:
     """A reader that finds every file under the path: partition discovery when the layout is
-    key=value directories, recursive listing otherwise."""
+    key=value directories (basePath keeps it working when reading single files), recursive listing
+    otherwise."""
     reader = spark.read.options(**_options(cfg))
-    if not _has_partition_dirs(cfg.path):
-        reader = reader.option("recursiveFileLookup", "true")
-    return reader
+    if _has_partition_dirs(cfg.path):
+        return reader.option("basePath", cfg.path)
+    return reader.option("recursiveFileLookup", "true")
 
 
-def _lines(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+def _lines(spark: SparkSession, files: list[str]) -> DataFrame:
     """Every line of every file (gzip too): blank and malformed lines are records as well."""
     return (
         spark.read.option("recursiveFileLookup", "true")
-        .text(cfg.path)
+        .text(files)
         .select(F.col("value").alias("raw_record"), _source_file())
     )
 
 
-def _read_json_lines(spark: SparkSession, cfg: InputConfig) -> DataFrame:
-    lines = _lines(spark, cfg)
-    inferred = spark.read.options(**_options(cfg)).option("recursiveFileLookup", "true").json(cfg.path).schema
+def _read_json_lines(spark: SparkSession, cfg: InputConfig, files: list[str]) -> DataFrame:
+    lines = _lines(spark, files)
+    inferred = spark.read.options(**_options(cfg)).option("recursiveFileLookup", "true").json(files).schema
     fields = [f for f in inferred.fields if f.name != CORRUPT]
     if not fields:
         raise ConfigError(f"input.path {cfg.path}: no JSON records found")
@@ -85,10 +98,10 @@ def _read_json_lines(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     )
 
 
-def _read_csv(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+def _read_csv(spark: SparkSession, cfg: InputConfig, files: list[str]) -> DataFrame:
     """CSV with `input.options` (header, sep, quote, …). Columns are read as strings and typed later,
     so a bad value quarantines one record instead of failing the read."""
-    header = _files_reader(spark, cfg).option("inferSchema", "false").csv(cfg.path).schema
+    header = _files_reader(spark, cfg).option("inferSchema", "false").csv(files).schema
     data_fields = [StructField(f.name, StringType()) for f in header.fields if f.name != CORRUPT]
     schema = StructType([*data_fields, StructField(CORRUPT, StringType())])
     rows = (
@@ -96,7 +109,7 @@ def _read_csv(spark: SparkSession, cfg: InputConfig) -> DataFrame:
         .schema(schema)
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT)
-        .csv(cfg.path)
+        .csv(files)
     )
     partition_cols = [c for c in rows.columns if c not in schema.fieldNames()]
     record = F.struct(*[F.col(f"`{c}`") for c in [f.name for f in data_fields] + partition_cols])
@@ -109,8 +122,8 @@ def _read_csv(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     )
 
 
-def _read_parquet(spark: SparkSession, cfg: InputConfig) -> DataFrame:
-    rows = _files_reader(spark, cfg).parquet(cfg.path)
+def _read_parquet(spark: SparkSession, cfg: InputConfig, files: list[str]) -> DataFrame:
+    rows = _files_reader(spark, cfg).parquet(*files)
     record = F.struct(*[F.col(f"`{c}`") for c in rows.columns])
     return rows.select(
         F.to_json(record).alias("raw_record"),
@@ -160,7 +173,7 @@ def named_groups(pattern: str) -> tuple[list[tuple[str, int]], str]:
     return groups, "".join(plain)
 
 
-def _read_text(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+def _read_text(spark: SparkSession, cfg: InputConfig, files: list[str]) -> DataFrame:
     """Plain text read with `input.pattern`: named groups become columns; a line that does not match
     (a header line too) is a `pattern_mismatch`."""
     groups, pattern = named_groups(cfg.pattern or "")
@@ -170,7 +183,7 @@ def _read_text(spark: SparkSession, cfg: InputConfig) -> DataFrame:
         raise ConfigError(f"input.pattern is not a valid regular expression: {exc}") from None
     if not groups:
         raise ConfigError("input.pattern has no named groups (?<name>...): nothing would become a column")
-    lines = _lines(spark, cfg)
+    lines = _lines(spark, files)
     matched = F.col("raw_record").rlike(pattern)
     record = F.struct(
         *[

@@ -1,6 +1,7 @@
 """Ingest on a handful of hand-written JSON lines: every record kept, quarantined or a duplicate."""
 
 import json
+from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
@@ -8,7 +9,7 @@ from pyspark.sql import functions as F
 from segmentation import ingest
 from segmentation.errors import ConfigError
 from segmentation.storage import open_store
-from segmentation.storage.names import EVENTS_QUARANTINE, EVENTS_SILVER
+from segmentation.storage.names import EVENTS_BRONZE, EVENTS_QUARANTINE, EVENTS_SILVER
 
 GOOD = {
     "user_id": "a",
@@ -32,13 +33,14 @@ LINES = [
 ]
 
 
-def _ingest(spark, cfg, lines):
-    raw = cfg.input.path
-    from pathlib import Path
-
-    Path(raw).mkdir(parents=True, exist_ok=True)
-    (Path(raw) / "events.json").write_text("\n".join(lines) + "\n")
-    return ingest.run(spark, cfg, "test-run")
+def _ingest(spark, cfg, lines, name="events.json", mode="full"):
+    """Write `lines` as one file and ingest. Full mode by default: these tests rewrite one file, which
+    incremental ingest (files are known by name) would rightly skip."""
+    raw = Path(cfg.input.path)
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / name).write_text("\n".join(lines) + "\n")
+    cfg.ingest.mode = mode
+    return ingest.run(spark, cfg, f"run-{name}")
 
 
 def test_every_record_is_accounted_for(spark, cfg):
@@ -164,3 +166,61 @@ def test_bots_are_flagged_and_kept_out_of_features(spark, cfg):
     features.run(spark, cfg, "features")
     users = {r.user_id for r in open_store(spark, cfg.storage).read(USER_FEATURES).collect()}
     assert users == {"a", "b"}
+
+
+def _event(user, when, kind="view", **extra):
+    return json.dumps({"user_id": user, "event_time": when, "event_type": kind, **extra})
+
+
+DAY1 = [
+    _event("a", "2026-09-01T10:00:00Z"),
+    _event("a", "2026-09-01T23:50:00Z"),
+    _event("b", "2026-09-01T12:00:00Z"),
+]
+DAY2 = [
+    _event("a", "2026-09-02T00:10:00Z"),  # continues a's session from 23:50 the day before
+    _event("b", "2026-09-02T09:00:00Z"),
+    DAY1[2],  # already ingested: a duplicate across batches
+    "{broken",
+]
+
+
+def test_incremental_ingest_adds_only_new_files(spark, cfg):
+    first = _ingest(spark, cfg, DAY1, "day1.json", mode="incremental")
+    assert (first.rows_in, first.rows_out) == (3, 3)
+    second = _ingest(spark, cfg, DAY2, "day2.json", mode="incremental")
+    assert second.details["incremental"] and second.details["new_files"] == 1
+    assert (second.rows_in, second.rows_out, second.rows_quarantined, second.rows_duplicate) == (4, 2, 1, 1)
+    store = open_store(spark, cfg.storage)
+    silver = store.read(EVENTS_SILVER).orderBy("event_time").collect()
+    assert len(silver) == 5
+    a = [r for r in silver if r.user_id == "a"]
+    assert a[1].session_id == a[2].session_id != a[0].session_id  # the midnight session is whole
+    assert store.read(EVENTS_BRONZE).count() == 7
+
+    version = store.version(EVENTS_SILVER)
+    again = _ingest(spark, cfg, DAY2, "day2.json", mode="incremental")
+    assert again.rows_in == 0 and again.details["new_files"] == 0
+    assert store.version(EVENTS_SILVER) == version
+
+
+def test_crash_before_the_ledger_is_redone_without_duplicates(spark, cfg, monkeypatch):
+    from segmentation.storage import DeltaRsStore
+
+    _ingest(spark, cfg, DAY1, "day1.json", mode="incremental")
+    real_append = DeltaRsStore.append
+
+    def crash_on_bronze(self, df, name, *args, **kwargs):
+        if name == EVENTS_BRONZE:
+            raise OSError("simulated crash before the bronze ledger is written")
+        return real_append(self, df, name, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaRsStore, "append", crash_on_bronze)
+    with pytest.raises(OSError):
+        _ingest(spark, cfg, DAY2, "day2.json", mode="incremental")
+    monkeypatch.undo()
+    redo = _ingest(spark, cfg, DAY2, "day2.json", mode="incremental")
+    assert redo.rows_in == 4 and redo.rows_in == redo.rows_out + redo.rows_quarantined + redo.rows_duplicate
+    store = open_store(spark, cfg.storage)
+    assert store.read(EVENTS_SILVER).count() == 5
+    assert store.read(EVENTS_QUARANTINE).count() == 1
