@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.setup-done
 CONF   ?= conf/local.yaml
 DEMO_USERS ?= 20000
 
-.PHONY: setup demo test test-fast lint lock clean
+.PHONY: setup demo test test-fast lint docs lock clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,9 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check lib tests jobs
 	$(BIN)/ruff format --check lib tests jobs
+
+docs: $(STAMP)
+	$(BIN)/python -m segmentation.features.dictionary > docs/features.md
 
 # Regenerate the development lock from the current venv (after changing a pin by hand).
 lock: $(STAMP)

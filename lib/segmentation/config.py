@@ -13,6 +13,7 @@ import datetime as dt
 import re
 import types
 import typing
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -114,6 +115,9 @@ class FeaturesConfig:
     lookback_days: int | None = None
     min_events: int = 1
     clip_std: float = 5.0
+    top_categories: int = 8
+    top_devices: int = 4
+    timezone: str = "UTC"
 
 
 @dataclass
@@ -351,6 +355,15 @@ def _check_values(cfg: Config) -> None:
     _require(cfg.ingest.bot_max_events_per_day > 0, "ingest.bot_max_events_per_day", "must be positive")
     _require(cfg.features.min_events >= 1, "features.min_events", "must be at least 1")
     _require(cfg.features.clip_std > 0, "features.clip_std", "must be positive")
+    _require(cfg.features.top_categories >= 0, "features.top_categories", "must not be negative")
+    _require(cfg.features.top_devices >= 0, "features.top_devices", "must not be negative")
+    try:
+        zoneinfo.ZoneInfo(cfg.features.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"config key 'features.timezone' must be a time zone name like UTC or Europe/Berlin, "
+            f"got {cfg.features.timezone!r}"
+        ) from None
     if cfg.features.as_of is not None:
         try:
             dt.datetime.fromisoformat(cfg.features.as_of)

@@ -17,7 +17,6 @@ from pyspark.sql import functions as F
 from segmentation.cluster.metrics import centroids, cluster_stats, silhouette, with_distance
 from segmentation.config import ClusteringConfig, Config
 from segmentation.errors import StageError
-from segmentation.features.aggregates import feature_specs
 from segmentation.runs import StageResult
 from segmentation.spark import describe
 from segmentation.storage import open_store
@@ -178,7 +177,7 @@ def _write_selected(spark, store, frame: DataFrame, algorithm: str, k: int, cfg:
 
 def _profiles(segments: DataFrame, features: DataFrame, n_users: int, run_id: str) -> DataFrame:
     """Per segment: size, share of users and the mean of every raw feature (interpretable units)."""
-    names = [s.name for s in feature_specs() if s.name in features.columns]
+    names = [c for c in features.columns if c not in ("user_id", "features", "as_of", "run_id")]
     per_segment = (
         segments.join(features.select("user_id", *names), "user_id")
         .groupBy("segment_id")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -11,7 +12,7 @@ from pyspark.sql import functions as F
 
 from segmentation.config import Config
 from segmentation.errors import StageError
-from segmentation.features.aggregates import feature_specs, user_aggregates
+from segmentation.features.aggregates import feature_specs, user_features, vocabulary
 from segmentation.features.scaling import Scaler, fit_scaler
 from segmentation.runs import StageResult
 from segmentation.spark import describe
@@ -45,13 +46,17 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
             F.col("event_time") > F.lit(as_of - dt.timedelta(days=cfg.features.lookback_days))
         )
 
-    specs = feature_specs()
+    describe(spark, "features: vocabulary")
+    vocab = vocabulary(events, cfg.features.top_categories, cfg.features.top_devices)
+    specs = feature_specs(vocab)
     names = [s.name for s in specs]
     describe(spark, "features: per-user aggregation")
-    users = user_aggregates(events, F.lit(as_of).cast("timestamp"))
+    users = user_features(events, vocab, F.lit(as_of).cast("timestamp"), cfg.features.timezone)
     users = users.where(F.col("n_events") >= cfg.features.min_events).cache()
     try:
-        scaler = fit_scaler(users, names, [s.log1p for s in specs], cfg.features.clip_std, run_id)
+        scaler = fit_scaler(
+            users, names, [s.log1p for s in specs], cfg.features.clip_std, run_id, asdict(vocab)
+        )
         out = users.select(
             "user_id",
             *names,

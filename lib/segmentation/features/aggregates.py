@@ -1,99 +1,368 @@
-"""Per-user behaviour aggregates from canonical events (pure DataFrame → DataFrame).
+"""Per-user behaviour features from canonical events (pure DataFrame → DataFrame).
 
-Distinct counts (active days, sessions) use two-stage aggregation: group by (user, key) first, then
-by user. Exact `countDistinct` over events was measured 3.4× slower (DESIGN.md §6).
+One pass over the events reduces them to a (user, day, session, category) grain with additive
+partial sums; every per-user figure, distinct counts included, is then computed from that much smaller
+table (two-stage aggregation: exact `countDistinct` over events was measured 3.4× slower, DESIGN.md §6).
+
+A family is computed only when its source fields exist (have any value), so a purchases-only export
+still gets RFM and temporal features. `feature_specs` is the single definition of every feature: the
+computation, the scaling and the feature dictionary (docs/features.md) all come from it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 TYPE_NAMES = ("view", "search", "cart", "purchase", "rate")
+HOUR_BUCKETS = (("night", 0, 6), ("morning", 6, 12), ("afternoon", 12, 18), ("evening", 18, 24))
+SECONDS_PER_DAY = 86_400.0
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """One raw feature: how it is computed (SQL over the per-user aggregates) and scaled."""
+    """One raw feature: its family, its definition for people, how it is scaled, and (as Spark SQL
+    over the per-user totals of `_user_totals`) how it is computed."""
 
     name: str
     family: str
     formula: str
     log1p: bool
+    expr: str
 
 
-def _count(cond: Column) -> Column:
-    return F.sum(F.when(cond, 1).otherwise(0))
+@dataclass(frozen=True)
+class Vocabulary:
+    """What the data offers, found by one small aggregation: which optional fields have values, and
+    the globally most frequent categories and devices (their shares become features)."""
+
+    has_event_types: bool
+    has_value: bool
+    has_quantity: bool
+    categories: tuple[str, ...]
+    devices: tuple[str, ...]
+    has_category: bool
+    has_device: bool
 
 
-def _ratio(num: str, den: str) -> Column:
-    return F.when(F.col(den) > 0, F.col(num) / F.col(den)).otherwise(F.lit(0.0))
+def safe_name(value: str) -> str:
+    """A category or device value as part of a column name."""
+    return re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_") or "blank"
 
 
-def feature_specs() -> list[FeatureSpec]:
-    """The raw features in column order, with their definitions (the feature dictionary's source)."""
+def vocabulary(events: DataFrame, top_categories: int, top_devices: int) -> Vocabulary:
+    """Input: canonical events. Output: their `Vocabulary` (a handful of values on the driver)."""
+    present = events.agg(
+        F.count(F.when(F.col("event_type") != "other", 1)).alias("types"),
+        F.count("value").alias("value"),
+        F.count("quantity").alias("quantity"),
+        F.count("category").alias("category"),
+        F.count("device").alias("device"),
+    ).head()
+
+    def top(column: str, n: int) -> tuple[str, ...]:
+        if n <= 0 or not present[column]:
+            return ()
+        rows = (
+            events.where(F.col(column).isNotNull())
+            .groupBy(column)
+            .count()
+            .orderBy(F.desc("count"), column)
+            .limit(n)
+        )
+        chosen: dict[str, str] = {}
+        for r in rows.collect():
+            chosen.setdefault(safe_name(r[column]), r[column])  # one column per distinct name
+        return tuple(chosen.values())
+
+    return Vocabulary(
+        has_event_types=present["types"] > 0,
+        has_value=present["value"] > 0,
+        has_quantity=present["quantity"] > 0,
+        categories=top("category", top_categories),
+        devices=top("device", top_devices),
+        has_category=present["category"] > 0,
+        has_device=present["device"] > 0,
+    )
+
+
+def feature_specs(vocab: Vocabulary | None = None) -> list[FeatureSpec]:
+    """Every raw feature for this vocabulary, in column order. Without one: the full list, with
+    category and device features shown by their name pattern (for the dictionary)."""
+    full = vocab is None
     specs = [
-        FeatureSpec("n_events", "activity", "count of events", True),
-        FeatureSpec("active_days", "activity", "distinct event dates", True),
-        FeatureSpec("n_sessions", "activity", "distinct sessions", True),
-        FeatureSpec("events_per_session", "activity", "n_events / n_sessions", True),
-        FeatureSpec("recency_days", "activity", "days from the last event to as_of", True),
-        FeatureSpec("tenure_days", "activity", "days from the first to the last event", True),
+        FeatureSpec("n_events", "activity", "number of events", True, "n"),
+        FeatureSpec("active_days", "activity", "distinct days with an event", True, "active_days"),
+        FeatureSpec("n_sessions", "activity", "distinct sessions", True, "n_sessions"),
+        FeatureSpec("events_per_session", "activity", "n_events / n_sessions", True, "n / n_sessions"),
+        FeatureSpec(
+            "tenure_days",
+            "activity",
+            "days from the first to the last event",
+            True,
+            f"(last_ts - first_ts) / {SECONDS_PER_DAY}",
+        ),
+        FeatureSpec(
+            "recency_days",
+            "activity",
+            "days from the last event to as_of",
+            True,
+            f"greatest(0, (as_of_ts - last_ts) / {SECONDS_PER_DAY})",
+        ),
+        FeatureSpec(
+            "mean_gap_hours",
+            "activity",
+            "mean hours between consecutive events (0 for one event)",
+            True,
+            "CASE WHEN n > 1 THEN (last_ts - first_ts) / 3600.0 / (n - 1) ELSE 0 END",
+        ),
+        FeatureSpec(
+            "mean_session_gap_days",
+            "activity",
+            "mean days between session starts (0 for one session)",
+            True,
+            f"CASE WHEN n_sessions > 1 THEN (last_ts - first_ts) / {SECONDS_PER_DAY} / (n_sessions - 1) ELSE 0 END",
+        ),
     ]
+    if full or vocab.has_event_types:
+        specs += [
+            FeatureSpec(f"share_{t}", "event_mix", f"events of type {t} / n_events", False, f"n_{t} / n")
+            for t in TYPE_NAMES
+        ]
+        specs += [
+            FeatureSpec(
+                "cart_per_view",
+                "conversion",
+                "cart events / view events (0 without views)",
+                False,
+                "CASE WHEN n_view > 0 THEN n_cart / n_view ELSE 0 END",
+            ),
+            FeatureSpec(
+                "purchase_per_view",
+                "conversion",
+                "purchase events / view events (0 without views)",
+                False,
+                "CASE WHEN n_view > 0 THEN n_purchase / n_view ELSE 0 END",
+            ),
+            FeatureSpec(
+                "purchase_per_cart",
+                "conversion",
+                "purchase events / cart events (0 without carts)",
+                False,
+                "CASE WHEN n_cart > 0 THEN n_purchase / n_cart ELSE 0 END",
+            ),
+            FeatureSpec("purchase_count", "monetary", "number of purchase events", True, "n_purchase"),
+        ]
+    if full or vocab.has_value:
+        specs += [
+            FeatureSpec(
+                "purchase_total",
+                "monetary",
+                "sum of value over purchases (all events without types)",
+                True,
+                "spend",
+            ),
+            FeatureSpec(
+                "purchase_mean",
+                "monetary",
+                "purchase_total / purchases with a value (0 without)",
+                True,
+                "CASE WHEN n_spend > 0 THEN spend / n_spend ELSE 0 END",
+            ),
+        ]
+    if full or vocab.has_quantity:
+        specs.append(FeatureSpec("quantity_total", "monetary", "sum of quantity over purchases", True, "qty"))
     specs += [
-        FeatureSpec(f"share_{t}", "event_mix", f"events of type {t} / n_events", False) for t in TYPE_NAMES
+        FeatureSpec(
+            f"share_{name}",
+            "temporal",
+            f"events at local hours [{lo}, {hi}) / n_events",
+            False,
+            f"n_hour_{name} / n",
+        )
+        for name, lo, hi in HOUR_BUCKETS
     ]
-    specs += [
-        FeatureSpec("purchase_count", "monetary", "count of purchase events", True),
-        FeatureSpec("purchase_total", "monetary", "sum of value over purchases", True),
-        FeatureSpec("purchase_mean", "monetary", "mean value of a purchase (0 without purchases)", True),
-    ]
+    specs.append(
+        FeatureSpec(
+            "weekend_share", "temporal", "events on Saturday or Sunday / n_events", False, "n_weekend / n"
+        )
+    )
+    if full:
+        specs += [
+            FeatureSpec(
+                "share_cat_<category>",
+                "category_mix",
+                "events in one of the top-N categories (features.top_categories) / n_events",
+                False,
+                "",
+            ),
+            FeatureSpec(
+                "share_cat_other", "category_mix", "events in any other category / n_events", False, ""
+            ),
+            FeatureSpec(
+                "category_entropy",
+                "category_mix",
+                "Shannon entropy (nats) of the user's category distribution",
+                False,
+                "",
+            ),
+            FeatureSpec(
+                "share_device_<device>",
+                "device_mix",
+                "events from one of the top-N devices (features.top_devices) / n_events",
+                False,
+                "",
+            ),
+            FeatureSpec(
+                "share_device_other", "device_mix", "events from any other device / n_events", False, ""
+            ),
+        ]
+        return specs
+    if vocab.has_category:
+        specs += [
+            FeatureSpec(
+                f"share_cat_{safe_name(c)}",
+                "category_mix",
+                f"events in category {c!r} / n_events",
+                False,
+                f"`n_cat_{safe_name(c)}` / n",
+            )
+            for c in vocab.categories
+        ]
+        specs += [
+            FeatureSpec(
+                "share_cat_other",
+                "category_mix",
+                "events in any other category / n_events",
+                False,
+                "n_cat_other / n",
+            ),
+            FeatureSpec(
+                "category_entropy",
+                "category_mix",
+                "Shannon entropy (nats) of the user's category distribution",
+                False,
+                "category_entropy",
+            ),
+        ]
+    if vocab.has_device:
+        specs += [
+            FeatureSpec(
+                f"share_device_{safe_name(d)}",
+                "device_mix",
+                f"events from device {d!r} / n_events",
+                False,
+                f"`n_device_{safe_name(d)}` / n",
+            )
+            for d in vocab.devices
+        ]
+        specs.append(
+            FeatureSpec(
+                "share_device_other",
+                "device_mix",
+                "events from any other device / n_events",
+                False,
+                "n_device_other / n",
+            )
+        )
     return specs
 
 
-def user_aggregates(events: DataFrame, as_of: Column) -> DataFrame:
-    """Canonical events → one row per user with the raw features of `feature_specs()`.
+def _count_if(cond: Column) -> Column:
+    return F.sum(F.when(cond, 1).otherwise(0))
 
-    Input columns: user_id, event_time, event_type, value, session_id, event_date.
-    Output columns: user_id, then each feature name in `feature_specs()` order (doubles).
-    """
-    per_day = events.groupBy("user_id", "event_date").agg(F.count("*").alias("_n"))
-    days = per_day.groupBy("user_id").agg(F.count("*").alias("active_days"))
+
+def _grain(events: DataFrame, vocab: Vocabulary, timezone: str) -> DataFrame:
+    """The one pass over events: (user, day, session, category) with additive partial sums."""
+    local = F.from_utc_timestamp("event_time", timezone)
+    hour = F.hour(local)
+    weekend = F.dayofweek(local).isin(1, 7)
+    typed = F.col("event_type")
+    # Without event types every event is taken as a purchase for the monetary family.
+    purchase = (typed == "purchase") if vocab.has_event_types else F.lit(True)
+    sums = [
+        F.count("*").alias("n"),
+        F.min(F.col("event_time").cast("double")).alias("first_ts"),
+        F.max(F.col("event_time").cast("double")).alias("last_ts"),
+        *[_count_if(typed == t).alias(f"n_{t}") for t in TYPE_NAMES],
+        F.sum(F.when(purchase, F.col("value"))).alias("spend"),
+        F.count(F.when(purchase, F.col("value"))).alias("n_spend"),
+        F.sum(F.when(purchase, F.col("quantity"))).alias("qty"),
+        *[_count_if((hour >= lo) & (hour < hi)).alias(f"n_hour_{name}") for name, lo, hi in HOUR_BUCKETS],
+        _count_if(weekend).alias("n_weekend"),
+        *[_count_if(F.col("device") == d).alias(f"n_device_{safe_name(d)}") for d in vocab.devices],
+        _count_if(
+            F.col("device").isNull() | ~F.col("device").isin(*vocab.devices) if vocab.devices else F.lit(True)
+        ).alias("n_device_other"),
+    ]
+    return events.groupBy("user_id", "event_date", "session_id", "category").agg(*sums)
+
+
+def _user_totals(grain: DataFrame, vocab: Vocabulary) -> DataFrame:
+    """Per-user totals from the grain, distinct days and sessions counted in two stages."""
+    additive = [c for c in grain.columns if c.startswith("n") or c in ("spend", "qty")]
+    totals = grain.groupBy("user_id").agg(
+        *[F.sum(c).alias(c) for c in additive],
+        F.min("first_ts").alias("first_ts"),
+        F.max("last_ts").alias("last_ts"),
+    )
+    days = (
+        grain.groupBy("user_id", "event_date")
+        .agg(F.lit(1).alias("_"))
+        .groupBy("user_id")
+        .agg(F.count("*").alias("active_days"))
+    )
     sessions = (
-        events.groupBy("user_id", "session_id")
-        .agg(F.count("*").alias("_n"))
+        grain.groupBy("user_id", "session_id")
+        .agg(F.lit(1).alias("_"))
         .groupBy("user_id")
         .agg(F.count("*").alias("n_sessions"))
     )
-    is_purchase = F.col("event_type") == "purchase"
-    main = events.groupBy("user_id").agg(
-        F.count("*").alias("n_events"),
-        F.min("event_time").alias("_first"),
-        F.max("event_time").alias("_last"),
-        *[_count(F.col("event_type") == t).alias(f"_n_{t}") for t in TYPE_NAMES],
-        F.sum(F.when(is_purchase, F.col("value"))).alias("_purchase_total"),
-    )
-    joined = main.join(days, "user_id").join(sessions, "user_id")
-    seconds_per_day = 86_400.0
-    out = joined.select(
-        "user_id",
-        F.col("n_events").cast("double").alias("n_events"),
-        F.col("active_days").cast("double").alias("active_days"),
-        F.col("n_sessions").cast("double").alias("n_sessions"),
-        (F.col("n_events") / F.col("n_sessions")).alias("events_per_session"),
-        F.greatest(F.lit(0.0), (as_of.cast("long") - F.col("_last").cast("long")) / seconds_per_day).alias(
-            "recency_days"
-        ),
-        ((F.col("_last").cast("long") - F.col("_first").cast("long")) / seconds_per_day).alias("tenure_days"),
-        *[_ratio(f"_n_{t}", "n_events").alias(f"share_{t}") for t in TYPE_NAMES],
-        F.col("_n_purchase").cast("double").alias("purchase_count"),
-        F.coalesce(F.col("_purchase_total"), F.lit(0.0)).alias("purchase_total"),
-        F.when(
-            F.col("_n_purchase") > 0, F.coalesce(F.col("_purchase_total"), F.lit(0.0)) / F.col("_n_purchase")
+    out = totals.join(days, "user_id").join(sessions, "user_id")
+    if vocab.has_category:
+        per_category = grain.groupBy("user_id", "category").agg(F.sum("n").alias("c"))
+        top = list(vocab.categories)
+        shares = (
+            per_category.groupBy("user_id")
+            .agg(
+                *[
+                    F.sum(F.when(F.col("category") == c, F.col("c")).otherwise(0)).alias(
+                        f"n_cat_{safe_name(c)}"
+                    )
+                    for c in top
+                ],
+                F.sum(
+                    F.when(~F.col("category").isin(*top) | F.col("category").isNull(), F.col("c")).otherwise(
+                        0
+                    )
+                ).alias("n_cat_other"),
+                # Entropy over known categories; uncategorized events do not count as a category.
+                F.sum(F.when(F.col("category").isNotNull(), F.col("c"))).alias("_known"),
+                F.sum(F.when(F.col("category").isNotNull(), F.col("c") * F.log(F.col("c")))).alias("_clogc"),
+            )
+            .withColumn(
+                "category_entropy",
+                F.when(
+                    F.col("_known") > 0, F.log(F.col("_known")) - F.col("_clogc") / F.col("_known")
+                ).otherwise(0.0),
+            )
+            .drop("_known", "_clogc")
         )
-        .otherwise(F.lit(0.0))
-        .alias("purchase_mean"),
-    )
+        out = out.join(shares, "user_id")
     return out
+
+
+def user_features(events: DataFrame, vocab: Vocabulary, as_of: Column, timezone: str = "UTC") -> DataFrame:
+    """Canonical events → one row per user with the raw features of `feature_specs(vocab)`.
+
+    Input columns: user_id, event_time, event_date, event_type, value, quantity, session_id,
+    category, device. Output: user_id, then each feature (double) in `feature_specs(vocab)` order.
+    """
+    totals = _user_totals(_grain(events, vocab, timezone), vocab).withColumn("as_of_ts", as_of.cast("double"))
+    return totals.select(
+        "user_id",
+        *[F.coalesce(F.expr(s.expr).cast("double"), F.lit(0.0)).alias(s.name) for s in feature_specs(vocab)],
+    )

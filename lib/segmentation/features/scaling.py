@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame
@@ -28,6 +28,7 @@ class Scaler:
     clip_std: float
     dropped_constant: list[str]
     run_id: str
+    vocabulary: dict = field(default_factory=dict)  # categories and devices behind the mix features
 
     def transform(self) -> Column:
         """The scaled `array<float>` column, from the raw feature columns."""
@@ -51,7 +52,14 @@ class Scaler:
         return Scaler(**json.loads(path.read_text()))
 
 
-def fit_scaler(users: DataFrame, names: list[str], log1p: list[bool], clip_std: float, run_id: str) -> Scaler:
+def fit_scaler(
+    users: DataFrame,
+    names: list[str],
+    log1p: list[bool],
+    clip_std: float,
+    run_id: str,
+    vocabulary: dict | None = None,
+) -> Scaler:
     """Mean and (population) standard deviation of each transformed feature; constants are dropped."""
     exprs = []
     for name, use_log in zip(names, log1p, strict=True):
@@ -74,4 +82,4 @@ def fit_scaler(users: DataFrame, names: list[str], log1p: list[bool], clip_std: 
         log.info("features: dropped constant features %s", dropped)
     if not kept:
         raise StageError("every feature is constant over the users: nothing to segment on")
-    return Scaler(kept, kept_log, means, stds, clip_std, dropped, run_id)
+    return Scaler(kept, kept_log, means, stds, clip_std, dropped, run_id, vocabulary or {})

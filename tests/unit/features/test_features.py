@@ -1,0 +1,198 @@
+"""Feature values checked by hand on tiny event sets."""
+
+import datetime as dt
+import math
+
+import pytest
+from pyspark.sql import functions as F
+
+from segmentation import features
+from segmentation.features import load_scaler, scaling_path
+from segmentation.features.dictionary import render
+from segmentation.features.scaling import Scaler
+from segmentation.ingest import SILVER_COLUMNS
+from segmentation.storage import open_store
+from segmentation.storage.names import EVENTS_SILVER, USER_FEATURES
+from tests.conftest import REPO
+
+SILVER_SCHEMA = (
+    "event_id string, user_id string, event_time timestamp, event_type string, item_id string, category string, "
+    "value double, quantity long, session_id string, device string, session_inferred boolean, is_bot boolean, "
+    "bot_reason string, source_file string, run_id string, event_date date"
+)
+UTC = dt.UTC
+
+
+def write_silver(spark, store, events: list[dict]):
+    rows = []
+    for i, e in enumerate(events):
+        row = {c: None for c in SILVER_COLUMNS}
+        row.update(event_id=f"e{i}", session_inferred=False, is_bot=False, source_file="f", run_id="r")
+        row.update(e)
+        row["event_date"] = row["event_time"].date()
+        rows.append(tuple(row[c] for c in SILVER_COLUMNS))
+    store.overwrite(spark.createDataFrame(rows, SILVER_SCHEMA), EVENTS_SILVER, ["event_date"])
+
+
+def at(day, hour, minute=0):
+    return dt.datetime(2026, 9, day, hour, minute, tzinfo=UTC)
+
+
+SHOP = [
+    # u1: a Saturday morning session (view, cart, purchase of books on mobile), a Monday evening view.
+    dict(
+        user_id="u1",
+        event_time=at(5, 10),
+        event_type="view",
+        category="books",
+        device="mobile",
+        session_id="s1",
+    ),
+    dict(
+        user_id="u1",
+        event_time=at(5, 10, 10),
+        event_type="cart",
+        category="books",
+        device="mobile",
+        value=20.0,
+        quantity=1,
+        session_id="s1",
+    ),
+    dict(
+        user_id="u1",
+        event_time=at(5, 10, 20),
+        event_type="purchase",
+        category="books",
+        device="mobile",
+        value=20.0,
+        quantity=2,
+        session_id="s1",
+    ),
+    dict(
+        user_id="u1",
+        event_time=at(7, 20),
+        event_type="view",
+        category="toys",
+        device="desktop",
+        session_id="s2",
+    ),
+    # u2: a Sunday night search and a Monday evening view, both games.
+    dict(
+        user_id="u2",
+        event_time=at(6, 2),
+        event_type="search",
+        category="games",
+        device="mobile",
+        session_id="s3",
+    ),
+    dict(
+        user_id="u2",
+        event_time=at(7, 22),
+        event_type="view",
+        category="games",
+        device="mobile",
+        session_id="s4",
+    ),
+]
+
+
+@pytest.fixture
+def store(spark, cfg):
+    return open_store(spark, cfg.storage)
+
+
+def test_every_family_by_hand(spark, cfg, store):
+    write_silver(spark, store, SHOP)
+    cfg.features.top_categories = 2
+    result = features.run(spark, cfg, "f1")
+    assert result.rows_out == 2
+    row = store.read(USER_FEATURES).where("user_id = 'u1'").head().asDict()
+    expected = {
+        "n_events": 4,
+        "active_days": 2,
+        "n_sessions": 2,
+        "events_per_session": 2,
+        "tenure_days": 2 + 10 / 24,
+        "recency_days": 2 / 24,
+        "mean_gap_hours": 58 / 3,
+        "mean_session_gap_days": 2 + 10 / 24,
+        "share_view": 0.5,
+        "share_search": 0,
+        "share_cart": 0.25,
+        "share_purchase": 0.25,
+        "share_rate": 0,
+        "cart_per_view": 0.5,
+        "purchase_per_view": 0.5,
+        "purchase_per_cart": 1.0,
+        "purchase_count": 1,
+        "purchase_total": 20,
+        "purchase_mean": 20,
+        "quantity_total": 2,
+        "share_night": 0,
+        "share_morning": 0.75,
+        "share_afternoon": 0,
+        "share_evening": 0.25,
+        "weekend_share": 0.75,
+        "share_cat_books": 0.75,
+        "share_cat_games": 0,
+        "share_cat_other": 0.25,
+        "category_entropy": -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)),
+        "share_device_mobile": 0.75,
+        "share_device_desktop": 0.25,
+        "share_device_other": 0,
+    }
+    assert {k: pytest.approx(v) for k, v in expected.items()} == {k: row[k] for k in expected}
+    assert row["as_of"] == dt.datetime(2026, 9, 7, 22, 0)  # default: the latest event in silver
+    assert "share_cat_toys" not in row  # not in the global top 2
+
+
+def test_missing_fields_skip_their_families(spark, cfg, store):
+    purchases = [
+        dict(user_id=u, event_time=at(d, 12), event_type="purchase", value=v, session_id=f"{u}{d}")
+        for u, d, v in (("a", 1, 5.0), ("a", 3, 7.0), ("b", 2, 50.0), ("c", 4, 1.0))
+    ]
+    write_silver(spark, store, purchases)
+    features.run(spark, cfg, "f2")
+    columns = set(store.read(USER_FEATURES).columns)
+    assert {"purchase_total", "purchase_mean", "recency_days", "weekend_share"} <= columns
+    assert not {
+        c for c in columns if c.startswith(("share_cat", "share_device", "category_entropy", "quantity"))
+    }
+    scaler = load_scaler(cfg, "f2")
+    # Everyone only purchases: the event-type shares are constant, dropped and recorded.
+    assert {"share_purchase", "share_view"} <= set(scaler.dropped_constant)
+    assert "share_purchase" not in scaler.feature_names
+    width = store.read(USER_FEATURES).select(F.size("features")).distinct().collect()
+    assert [r[0] for r in width] == [len(scaler.feature_names)]
+
+
+def test_scaling_statistics_round_trip_and_are_reused(spark, cfg, store):
+    write_silver(spark, store, SHOP)
+    features.run(spark, cfg, "f3")
+    scaler = load_scaler(cfg, "f3")
+    scaler.save(scaling_path(cfg, "copy"))
+    assert Scaler.load(scaling_path(cfg, "copy")) == scaler
+    assert scaler.vocabulary["categories"] and scaler.vocabulary["devices"]
+    table = store.read(USER_FEATURES)
+    again = table.select("user_id", "features", scaler.transform().alias("recomputed")).collect()
+    for r in again:
+        assert r.features == pytest.approx(r.recomputed)
+    means = [sum(vals) / len(again) for vals in zip(*[r.features for r in again], strict=True)]
+    assert means == pytest.approx([0.0] * len(means), abs=1e-6)  # standardized on this snapshot
+
+
+def test_lookback_and_min_events_exclude_users(spark, cfg, store):
+    write_silver(
+        spark, store, SHOP + [dict(user_id="u3", event_time=at(1, 9), event_type="view", session_id="x")]
+    )
+    cfg.features.lookback_days = 3
+    cfg.features.min_events = 2
+    result = features.run(spark, cfg, "f4")
+    assert {r.user_id for r in store.read(USER_FEATURES).collect()} == {"u1", "u2"}
+    assert result.details["users_excluded"] == 1
+
+
+def test_feature_dictionary_in_the_docs_is_current():
+    assert (REPO / "docs" / "features.md").read_text() == render(), (
+        "run: python -m segmentation.features.dictionary > docs/features.md"
+    )
