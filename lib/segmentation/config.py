@@ -131,11 +131,20 @@ class TrainingConfig:
     learning_rate: float = 0.002
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     embedding_dim: int = 8
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    dropout: float = 0.0
+    noise_std: float = 0.0
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 1.0
+    validation_share: float = 0.1
+    patience: int = 5
+    stop_after_epochs: int | None = None
     seed: int = 42
 
 
 @dataclass
 class EmbedConfig:
+    method: Literal["arrow", "pandas_udf"] = "arrow"
     batch_size: int = 4096
 
 
@@ -376,6 +385,16 @@ def _check_values(cfg: Config) -> None:
     _require(cfg.training.batch_size >= 1, "training.batch_size", "must be at least 1")
     _require(cfg.training.learning_rate > 0, "training.learning_rate", "must be positive")
     _require(cfg.training.embedding_dim >= 1, "training.embedding_dim", "must be at least 1")
+    _require(0 <= cfg.training.dropout < 1, "training.dropout", "must be in [0, 1)")
+    _require(cfg.training.noise_std >= 0, "training.noise_std", "must not be negative")
+    _require(cfg.training.grad_clip >= 0, "training.grad_clip", "must not be negative")
+    _require(0 <= cfg.training.validation_share < 0.5, "training.validation_share", "must be in [0, 0.5)")
+    _require(cfg.training.patience >= 0, "training.patience", "must not be negative")
+    _require(
+        cfg.training.stop_after_epochs is None or cfg.training.stop_after_epochs >= 1,
+        "training.stop_after_epochs",
+        "must be at least 1",
+    )
     _require(
         all(h >= 1 for h in cfg.training.hidden_sizes), "training.hidden_sizes", "must hold positive sizes"
     )

@@ -34,6 +34,30 @@ def model_path(cfg: Config, version: str) -> Path:
     return models_dir(cfg) / version / "model.pt"
 
 
+def checkpoint_path(cfg: Config, run_id: str) -> Path:
+    return Path(cfg.artifacts_root) / "checkpoints" / run_id / "checkpoint.pt"
+
+
+TRAINER_SETTINGS = (
+    "hidden_sizes",
+    "embedding_dim",
+    "activation",
+    "dropout",
+    "noise_std",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "lr_schedule",
+    "grad_clip",
+    "validation_share",
+    "patience",
+    "stop_after_epochs",
+    "seed",
+    "feeder",
+    "use_gpu",
+)
+
+
 def current_model_path(cfg: Config) -> Path:
     """The model the downstream stages use: the last one `train` published."""
     pointer = models_dir(cfg) / "CURRENT"
@@ -63,15 +87,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         "files": sorted(files),
         "total_rows": total_rows,
         "feature_names": scaler.feature_names,
-        "hidden_sizes": cfg.training.hidden_sizes,
-        "embedding_dim": cfg.training.embedding_dim,
-        "epochs": cfg.training.epochs,
-        "batch_size": cfg.training.batch_size,
-        "learning_rate": cfg.training.learning_rate,
-        "seed": cfg.training.seed,
-        "feeder": cfg.training.feeder,
-        "use_gpu": cfg.training.use_gpu,
+        **{key: getattr(cfg.training, key) for key in TRAINER_SETTINGS},
         "model_path": str(model_path(cfg, run_id).resolve()),
+        "checkpoint_path": str(checkpoint_path(cfg, run_id).resolve()),
         "version": run_id,
     }
     log.info(
@@ -92,8 +110,25 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     # TorchDistributor prints the processes' output; it is progress, so it belongs on stderr.
     with contextlib.redirect_stdout(sys.stderr):
         result = distributor.run(train, spec)
-    if not result or not Path(result["model_path"]).is_file():
+    if not result:
+        raise StageError("training returned no result")
+    if not result["finished"]:
+        log.info(
+            "train: stopped after epoch %d of %d (training.stop_after_epochs); run `segment train "
+            "--run-id %s` again to resume from the checkpoint",
+            result["epochs_done"],
+            cfg.training.epochs,
+            run_id,
+        )
+        return StageResult(rows_in=total_rows, rows_out=0, details=result)
+    if not Path(result["model_path"]).is_file():
         raise StageError("training finished without writing a model")
     _publish(cfg, run_id)
-    log.info("train: model %s, final loss %.5f", run_id, result["losses"][-1])
+    log.info(
+        "train: model %s after %d epochs, train loss %.5f, validation loss %.5f",
+        run_id,
+        result["epochs_done"],
+        result["losses"][-1],
+        result["val_losses"][-1],
+    )
     return StageResult(rows_in=total_rows, rows_out=1, details={**result, "model_version": run_id})

@@ -1,11 +1,15 @@
 """Feeders: where a training process gets its batches from (torch-free, Spark-free).
 
-A feeder is an endless iterator of float32 arrays of shape (batch, dim) holding this rank's share of the
-feature table. Endless on purpose: the trainer takes the same number of steps on every rank, so ranks
-with uneven shards cannot leave DDP waiting at the end of an epoch.
+A feeder gives, for one epoch, an endless iterator of float32 arrays of shape (batch, dim) holding this
+rank's share of the training rows. Endless on purpose: the trainer takes the same number of steps on
+every rank, so ranks with uneven shards cannot leave DDP waiting at the end of an epoch. Each epoch's
+stream depends only on (seed, rank, epoch), so a run resumed at epoch N+1 sees exactly the batches an
+uninterrupted run would have.
 
-- `ArrowFeeder` reads the table's parquet files with pyarrow; the unit of sharding is a row group.
-- `PetastormFeeder` reads them with petastorm's `make_batch_reader` (optional extra; needs pyarrow < 15).
+Rows are split into training and validation by a hash of `user_id`, the same on every run.
+
+- `arrow` reads the table's parquet files with pyarrow; the unit of sharding is a row group.
+- `petastorm` reads them with petastorm's `make_batch_reader` (optional extra; needs pyarrow < 15).
 With fewer row groups than ranks both fall back to every rank reading everything and keeping every
 world_size-th row, so no rank is ever empty.
 """
@@ -19,11 +23,13 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
 COLUMN = "features"
+ID_COLUMN = "user_id"
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class FeedSpec:
     world_size: int
     batch_size: int
     seed: int
+    validation_share: float = 0.0
 
 
 def petastorm_available() -> bool:
@@ -50,16 +57,17 @@ def resolve_feeder(name: str) -> str:
     return name
 
 
-def open_feeder(name: str, spec: FeedSpec) -> Iterator[np.ndarray]:
-    kind = resolve_feeder(name)
-    if kind == "petastorm":
-        return petastorm_batches(spec)
-    return arrow_batches(spec)
-
-
 def _local(path: str) -> str:
     parsed = urlparse(path)
     return parsed.path if parsed.scheme in ("file", "") else path
+
+
+def is_validation(user_ids: np.ndarray, share: float) -> np.ndarray:
+    """Deterministic hold-out: a user is in validation when a stable hash of its id falls below `share`."""
+    if share <= 0 or len(user_ids) == 0:
+        return np.zeros(len(user_ids), dtype=bool)
+    hashed = pd.util.hash_array(np.asarray(user_ids, dtype=object), categorize=False)
+    return (hashed % 10_000) < int(share * 10_000)
 
 
 def _rebatch(chunks: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -84,31 +92,60 @@ def _to_matrix(column) -> np.ndarray:
     return values.reshape(rows, -1) if rows else np.zeros((0, 0), np.float32)
 
 
-def arrow_batches(spec: FeedSpec) -> Iterator[np.ndarray]:
-    units = [(f, g) for f in spec.files for g in range(pq.ParquetFile(_local(f)).num_row_groups)]
-    if not units:
-        raise ValueError("the feature table has no data files")
-    share_rows = len(units) < spec.world_size
-    mine = units if share_rows else units[spec.rank :: spec.world_size]
+class _Shard:
+    """This rank's row groups, or every row group with row sharing when there are too few."""
+
+    def __init__(self, spec: FeedSpec) -> None:
+        units = [(f, g) for f in spec.files for g in range(pq.ParquetFile(_local(f)).num_row_groups)]
+        if not units:
+            raise ValueError("the feature table has no data files")
+        self.spec = spec
+        self.share_rows = len(units) < spec.world_size
+        self.units = units if self.share_rows else units[spec.rank :: spec.world_size]
+
+    def rows(self, path: str, group: int, validation: bool) -> np.ndarray:
+        table = pq.ParquetFile(_local(path)).read_row_group(group, columns=[ID_COLUMN, COLUMN])
+        matrix = _to_matrix(table.column(COLUMN))
+        held_out = is_validation(
+            table.column(ID_COLUMN).to_numpy(zero_copy_only=False), self.spec.validation_share
+        )
+        matrix = matrix[held_out if validation else ~held_out]
+        if self.share_rows:
+            matrix = matrix[self.spec.rank :: self.spec.world_size]
+        return matrix
+
+
+def arrow_batches(spec: FeedSpec, epoch: int = 0) -> Iterator[np.ndarray]:
+    shard = _Shard(spec)
 
     def chunks() -> Iterator[np.ndarray]:
-        epoch = 0
+        rounds = 0
         while True:
-            rng = np.random.default_rng([spec.seed, spec.rank, epoch])
-            for index in rng.permutation(len(mine)):
-                path, group = mine[index]
-                table = pq.ParquetFile(_local(path)).read_row_group(group, columns=[COLUMN])
-                matrix = _to_matrix(table.column(COLUMN))
-                if share_rows:
-                    matrix = matrix[spec.rank :: spec.world_size]
+            rng = np.random.default_rng([spec.seed, spec.rank, epoch, rounds])
+            for index in rng.permutation(len(shard.units)):
+                matrix = shard.rows(*shard.units[index], validation=False)
                 if len(matrix):
                     yield matrix[rng.permutation(len(matrix))]
-            epoch += 1
+            rounds += 1
 
     return _rebatch(chunks(), spec.batch_size)
 
 
-def petastorm_batches(spec: FeedSpec) -> Iterator[np.ndarray]:
+def validation_rows(spec: FeedSpec, limit: int = 100_000) -> np.ndarray:
+    """This rank's held-out rows (at most `limit`), read once."""
+    shard = _Shard(spec)
+    parts, held = [], 0
+    for path, group in shard.units:
+        part = shard.rows(path, group, validation=True)
+        parts.append(part[: limit - held])
+        held += len(parts[-1])
+        if held >= limit:
+            break
+    parts = [p for p in parts if len(p)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def petastorm_batches(spec: FeedSpec, epoch: int = 0) -> Iterator[np.ndarray]:
     # petastorm 0.12 uses pyarrow's legacy dataset API; its deprecation warnings say nothing to users.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?")
     logging.getLogger("petastorm").setLevel(logging.WARNING)
@@ -119,24 +156,34 @@ def petastorm_batches(spec: FeedSpec) -> Iterator[np.ndarray]:
     share_rows = groups < spec.world_size
     reader = make_batch_reader(
         urls,
-        schema_fields=[COLUMN],
+        schema_fields=[ID_COLUMN, COLUMN],
         num_epochs=None,  # endless: the trainer decides how many steps make an epoch
         cur_shard=None if share_rows else spec.rank,
         shard_count=None if share_rows else spec.world_size,
         shuffle_row_groups=True,
-        seed=spec.seed,
+        seed=spec.seed * 1000 + epoch,
         reader_pool_type="thread",
-        workers_count=2,
+        workers_count=1,  # one worker keeps the order, and so a resumed epoch, reproducible
     )
 
     def chunks() -> Iterator[np.ndarray]:
         with reader:
             for batch in reader:
                 column = getattr(batch, COLUMN)
-                matrix = np.stack(column).astype(np.float32) if len(column) else np.zeros((0, 0), np.float32)
+                if not len(column):
+                    continue
+                matrix = np.stack(column).astype(np.float32)
+                matrix = matrix[~is_validation(getattr(batch, ID_COLUMN), spec.validation_share)]
                 if share_rows:
                     matrix = matrix[spec.rank :: spec.world_size]
                 if len(matrix):
                     yield matrix
 
     return _rebatch(chunks(), spec.batch_size)
+
+
+def open_feeder(name: str, spec: FeedSpec, epoch: int = 0) -> Iterator[np.ndarray]:
+    """This rank's training batches for `epoch` from the named feeder."""
+    return (
+        petastorm_batches(spec, epoch) if resolve_feeder(name) == "petastorm" else arrow_batches(spec, epoch)
+    )

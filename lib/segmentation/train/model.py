@@ -17,14 +17,26 @@ class ModelSpec:
     embedding_dim: int
     feature_names: tuple[str, ...]
     version: str  # the training run id
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
 class Autoencoder(nn.Module):
-    def __init__(self, input_dim: int, hidden_sizes: tuple[int, ...], embedding_dim: int) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_sizes: tuple[int, ...],
+        embedding_dim: int,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         dims = [input_dim, *hidden_sizes, embedding_dim]
-        self.encoder = _mlp(dims)
-        self.decoder = _mlp(dims[::-1])
+        self.encoder = _mlp(dims, activation, dropout)
+        self.decoder = _mlp(dims[::-1], activation, dropout)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -33,17 +45,21 @@ class Autoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def _mlp(dims: list[int]) -> nn.Sequential:
+def _mlp(dims: list[int], activation: str, dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:  # no activation on the embedding or the reconstruction
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
 def build(spec: ModelSpec) -> Autoencoder:
-    return Autoencoder(spec.input_dim, tuple(spec.hidden_sizes), spec.embedding_dim)
+    return Autoencoder(
+        spec.input_dim, tuple(spec.hidden_sizes), spec.embedding_dim, spec.activation, spec.dropout
+    )
 
 
 def save(model: Autoencoder, spec: ModelSpec, path: Path) -> None:
@@ -67,6 +83,8 @@ def load(path: Path) -> tuple[Autoencoder, ModelSpec]:
         embedding_dim=int(raw["embedding_dim"]),
         feature_names=tuple(raw["feature_names"]),
         version=str(raw["version"]),
+        activation=str(raw.get("activation", "relu")),
+        dropout=float(raw.get("dropout", 0.0)),
     )
     model = build(spec)
     model.load_state_dict(blob["state_dict"])

@@ -3,6 +3,11 @@
 Module-level and Spark-free: it imports torch itself, reads its shard through a feeder, and returns
 only small results (losses, the model path). Every rank runs exactly `steps_per_epoch` steps per epoch,
 so DDP never waits on a rank whose shard ran out.
+
+After every epoch rank 0 writes a checkpoint (model, optimizer, scheduler, epoch, early-stopping state,
+best weights) atomically; TorchDistributor does not restart failed ranks, so re-running the stage for
+the same run resumes after the last completed epoch. Random draws (shuffling, dropout, input noise)
+are seeded from (seed, rank, epoch), so a resumed run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ from pathlib import Path
 
 def train(spec: dict) -> dict:
     """Train the autoencoder. `spec` keys: files, total_rows, feature_names, hidden_sizes,
-    embedding_dim, epochs, batch_size, learning_rate, seed, feeder, use_gpu, model_path, version."""
-    import numpy as np
+    embedding_dim, activation, dropout, noise_std, epochs, batch_size, learning_rate, lr_schedule,
+    grad_clip, validation_share, patience, stop_after_epochs, seed, feeder, use_gpu, model_path,
+    checkpoint_path, version."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     from segmentation.train import model as model_io
-    from segmentation.train.feeders import FeedSpec, open_feeder, resolve_feeder
+    from segmentation.train.feeders import FeedSpec, open_feeder, resolve_feeder, validation_rows
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     log = logging.getLogger("segmentation.train.trainer")
@@ -35,8 +41,6 @@ def train(spec: dict) -> dict:
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_gpu else "cpu")
-    torch.manual_seed(spec["seed"])
-    np.random.seed(spec["seed"] + rank)
 
     model_spec = model_io.ModelSpec(
         input_dim=len(spec["feature_names"]),
@@ -44,51 +48,140 @@ def train(spec: dict) -> dict:
         embedding_dim=spec["embedding_dim"],
         feature_names=tuple(spec["feature_names"]),
         version=spec["version"],
+        activation=spec["activation"],
+        dropout=spec["dropout"],
     )
-    net = model_io.build(model_spec).to(device)  # same seed on every rank: same initial weights
+    torch.manual_seed(spec["seed"])  # the same initial weights on every rank
+    net = model_io.build(model_spec).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=spec["learning_rate"])
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec["epochs"])
+        if spec["lr_schedule"] == "cosine"
+        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    )
+    state = {
+        "epoch": 0,
+        "train_loss": [],
+        "val_loss": [],
+        "best_val": float("inf"),
+        "bad_epochs": 0,
+        "best_state": None,
+        "stopped_early": False,
+    }
+    checkpoint = Path(spec["checkpoint_path"])
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        net.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        if rank == 0:
+            log.info("resuming from the checkpoint after epoch %d", state["epoch"])
     ddp = DistributedDataParallel(net) if distributed else net
-    optimizer = torch.optim.Adam(ddp.parameters(), lr=spec["learning_rate"])
     loss_fn = torch.nn.MSELoss()
 
-    feeder_name = resolve_feeder(spec["feeder"])
-    batches = open_feeder(
-        feeder_name,
-        FeedSpec(tuple(spec["files"]), rank, world, spec["batch_size"], spec["seed"]),
+    feeder = resolve_feeder(spec["feeder"])
+    feed = FeedSpec(
+        tuple(spec["files"]), rank, world, spec["batch_size"], spec["seed"], spec["validation_share"]
     )
-    steps = max(1, -(-spec["total_rows"] // (world * spec["batch_size"])))
-    if rank == 0:
+    held_out = torch.from_numpy(validation_rows(feed)).to(device)
+    train_rows = max(1, int(spec["total_rows"] * (1 - spec["validation_share"])))
+    steps = max(1, -(-train_rows // (world * spec["batch_size"])))
+    if rank == 0 and state["epoch"] == 0:
         log.info(
             "training: %d processes, feeder %s, %d steps/epoch of %d rows, %s",
             world,
-            feeder_name,
+            feeder,
             steps,
             spec["batch_size"],
             device,
         )
 
-    losses = []
-    for epoch in range(1, spec["epochs"] + 1):
+    launched_at = state["epoch"]
+    while state["epoch"] < spec["epochs"] and not state["stopped_early"]:
+        if spec["stop_after_epochs"] and state["epoch"] - launched_at >= spec["stop_after_epochs"]:
+            break
+        epoch = state["epoch"] + 1
+        torch.manual_seed(spec["seed"] * 100_003 + rank * 1009 + epoch)
         started = time.perf_counter()
-        total = torch.zeros(2, device=device)
+        totals = torch.zeros(4, device=device)  # train loss sum, train rows, val loss sum, val rows
         ddp.train()
+        batches = open_feeder(feeder, feed, epoch)
         for _ in range(steps):
             x = torch.from_numpy(next(batches)).to(device)
+            noisy = x + spec["noise_std"] * torch.randn_like(x) if spec["noise_std"] > 0 else x
             optimizer.zero_grad()
-            loss = loss_fn(ddp(x), x)
+            loss = loss_fn(ddp(noisy), x)
             loss.backward()
+            if spec["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(ddp.parameters(), spec["grad_clip"])
             optimizer.step()
-            total += torch.stack([loss.detach() * len(x), torch.tensor(float(len(x)), device=device)])
+            totals[0] += loss.detach() * len(x)
+            totals[1] += len(x)
+        batches.close()
+        scheduler.step()
+        net.eval()
+        with torch.no_grad():
+            if len(held_out):
+                totals[2] += ((net(held_out) - held_out) ** 2).mean(dim=1).sum()
+                totals[3] += len(held_out)
         if distributed:
-            dist.all_reduce(total)
-        epoch_loss = float(total[0] / total[1])
-        losses.append(epoch_loss)
+            dist.all_reduce(totals)  # every rank sees the same losses and so makes the same decisions
+        train_loss = float(totals[0] / totals[1])
+        val_loss = float(totals[2] / totals[3]) if float(totals[3]) > 0 else train_loss
+        state["epoch"] = epoch
+        state["train_loss"].append(train_loss)
+        state["val_loss"].append(val_loss)
+        if val_loss < state["best_val"] - 1e-7:
+            state["best_val"], state["bad_epochs"] = val_loss, 0
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+            state["stopped_early"] = 0 < spec["patience"] <= state["bad_epochs"]
         if rank == 0:
-            rate = float(total[1]) / max(time.perf_counter() - started, 1e-9)
-            log.info("epoch %d/%d: train loss %.5f, %.0f samples/s", epoch, spec["epochs"], epoch_loss, rate)
+            rate = float(totals[1]) / max(time.perf_counter() - started, 1e-9)
+            log.info(
+                "epoch %d/%d: train loss %.5f, validation loss %.5f, %.0f samples/s%s",
+                epoch,
+                spec["epochs"],
+                train_loss,
+                val_loss,
+                rate,
+                " (early stop)" if state["stopped_early"] else "",
+            )
+            _save_checkpoint(checkpoint, net, optimizer, scheduler, state)
 
-    if rank == 0:
+    finished = state["epoch"] >= spec["epochs"] or state["stopped_early"]
+    if rank == 0 and finished:
+        net.load_state_dict(state["best_state"] or net.state_dict())  # the best epoch by validation loss
         model_io.save(net.to("cpu"), model_spec, Path(spec["model_path"]))
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
-    return {"losses": losses, "model_path": spec["model_path"], "world_size": world, "feeder": feeder_name}
+    return {
+        "losses": state["train_loss"],
+        "val_losses": state["val_loss"],
+        "epochs_done": state["epoch"],
+        "finished": finished,
+        "stopped_early": state["stopped_early"],
+        "model_path": spec["model_path"],
+        "world_size": world,
+        "feeder": feeder,
+    }
+
+
+def _save_checkpoint(path: Path, net, optimizer, scheduler, state: dict) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": state,
+        },
+        tmp,
+    )
+    tmp.replace(path)  # atomic: a crash mid-write leaves the previous checkpoint

@@ -15,7 +15,8 @@ DIM = 3
 def _write(path, rows: int, row_group_size: int, offset: int = 0):
     values = np.arange(offset, offset + rows, dtype=np.float32)
     column = pa.array([[v] * DIM for v in values], type=pa.list_(pa.float32()))
-    pq.write_table(pa.table({"features": column}), path, row_group_size=row_group_size)
+    ids = pa.array([f"u{int(v)}" for v in values])
+    pq.write_table(pa.table({"user_id": ids, "features": column}), path, row_group_size=row_group_size)
     return str(path)
 
 
@@ -53,3 +54,25 @@ def test_fewer_row_groups_than_ranks_still_feeds_every_rank(feeder, tmp_path):
     assert all(shares)
     assert set().union(*shares) == {float(v) for v in range(9)}
     assert sum(len(s) for s in shares) == 9
+
+
+def test_validation_split_is_stable_and_disjoint(uneven_files):
+    from segmentation.train.feeders import is_validation, validation_rows
+
+    ids = np.array([f"u{i}" for i in range(2000)], dtype=object)
+    held = is_validation(ids, 0.2)
+    assert 0.15 < held.mean() < 0.25
+    assert (is_validation(ids, 0.2) == held).all()
+    spec = FeedSpec(uneven_files, 0, 1, 4, seed=1, validation_share=0.3)
+    validation = {float(v) for v in validation_rows(spec)[:, 0]}
+    training = {float(v) for b in itertools.islice(arrow_batches(spec), 20) for v in b[:, 0]}
+    assert validation and not validation & training
+    assert len(validation | training) == 21
+
+
+def test_each_epoch_stream_is_reproducible(uneven_files):
+    spec = FeedSpec(uneven_files, 1, 2, 4, seed=7)
+    first = [b.tolist() for b in itertools.islice(arrow_batches(spec, epoch=3), 5)]
+    again = [b.tolist() for b in itertools.islice(arrow_batches(spec, epoch=3), 5)]
+    other = [b.tolist() for b in itertools.islice(arrow_batches(spec, epoch=4), 5)]
+    assert first == again and first != other

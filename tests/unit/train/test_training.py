@@ -1,0 +1,99 @@
+"""Distributed training through TorchDistributor on a small feature table (2 CPU processes, gloo)."""
+
+import numpy as np
+import pytest
+import torch
+
+from segmentation import train
+from segmentation.features import scaling_path
+from segmentation.features.scaling import Scaler
+from segmentation.storage import open_store
+from segmentation.storage.names import USER_FEATURES
+from segmentation.train import model as model_io
+
+DIM = 5
+
+
+@pytest.fixture
+def features_table(spark, cfg):
+    """Clustered points in three files of very uneven size (40, 7 and 1 rows)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, DIM)) * 2
+    frames = []
+    start = 0
+    for size in (40, 7, 1):
+        rows = [
+            (f"u{i}", [float(v) for v in centres[i % 3] + rng.normal(scale=0.3, size=DIM)], "feat")
+            for i in range(start, start + size)
+        ]
+        frames.append(
+            spark.createDataFrame(rows, "user_id string, features array<float>, run_id string").coalesce(1)
+        )
+        start += size
+    table = frames[0].unionByName(frames[1]).unionByName(frames[2])
+    open_store(spark, cfg.storage).overwrite(table, USER_FEATURES)
+    Scaler([f"f{i}" for i in range(DIM)], [False] * DIM, [0.0] * DIM, [1.0] * DIM, 5.0, [], "feat").save(
+        scaling_path(cfg, "feat")
+    )
+    cfg.training.num_processes = 2
+    cfg.training.batch_size = 8
+    cfg.training.epochs = 6
+    cfg.training.patience = 0
+    cfg.training.validation_share = 0.2
+    cfg.training.hidden_sizes = [8]
+    cfg.training.embedding_dim = 2
+    cfg.training.learning_rate = 0.01
+    return cfg
+
+
+def _weights(path):
+    model, _ = model_io.load(path)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_equals_an_uninterrupted_run(spark, features_table):
+    cfg = features_table
+    cfg.training.feeder = "arrow"
+    whole = train.run(spark, cfg, "whole")
+    assert whole.details["finished"] and whole.details["world_size"] == 2
+    assert whole.details["losses"][-1] < whole.details["losses"][0]  # it learns
+    assert train.current_model_path(cfg) == train.model_path(cfg, "whole")
+
+    cfg.training.stop_after_epochs = 3
+    first = train.run(spark, cfg, "split")
+    assert not first.details["finished"] and first.details["epochs_done"] == 3
+    assert not train.model_path(cfg, "split").exists()
+    cfg.training.stop_after_epochs = None
+    second = train.run(spark, cfg, "split")
+    assert second.details["finished"] and second.details["epochs_done"] == 6
+    assert second.details["losses"] == pytest.approx(whole.details["losses"], rel=1e-5)
+    resumed, uninterrupted = (
+        _weights(train.model_path(cfg, "split")),
+        _weights(train.model_path(cfg, "whole")),
+    )
+    for name, tensor in uninterrupted.items():
+        assert torch.allclose(resumed[name], tensor, atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_petastorm_feeder_trains_a_usable_model(spark, features_table):
+    pytest.importorskip("petastorm")
+    cfg = features_table
+    cfg.training.feeder = "petastorm"
+    cfg.training.epochs = 3
+    result = train.run(spark, cfg, "peta")
+    assert result.details["feeder"] == "petastorm" and result.details["finished"]
+    model, spec = model_io.load(train.model_path(cfg, "peta"))
+    z = model.encode(torch.zeros(4, spec.input_dim))
+    assert z.shape == (4, 2) and torch.isfinite(z).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_training_with_nccl(spark, features_table):
+    cfg = features_table
+    cfg.training.use_gpu = True
+    cfg.training.num_processes = 1
+    result = train.run(spark, cfg, "gpu")
+    assert result.details["finished"]
