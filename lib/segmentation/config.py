@@ -140,6 +140,9 @@ class TrainingConfig:
     patience: int = 5
     stop_after_epochs: int | None = None
     seed: int = 42
+    tracking: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "segmentation"
 
 
 @dataclass

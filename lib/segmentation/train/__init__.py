@@ -21,6 +21,7 @@ from segmentation.runs import StageResult
 from segmentation.spark import describe
 from segmentation.storage import open_store
 from segmentation.storage.names import USER_FEATURES
+from segmentation.train.tracking import log_training
 from segmentation.train.trainer import train
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,14 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         return StageResult(rows_in=total_rows, rows_out=0, details=result)
     if not Path(result["model_path"]).is_file():
         raise StageError("training finished without writing a model")
+    if cfg.training.tracking:
+        result["mlflow_run_id"] = log_training(
+            cfg,
+            run_id,
+            {k: getattr(cfg.training, k) for k in TRAINER_SETTINGS},
+            result,
+            Path(result["model_path"]),
+        )
     _publish(cfg, run_id)
     log.info(
         "train: model %s after %d epochs, train loss %.5f, validation loss %.5f",

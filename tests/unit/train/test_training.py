@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from segmentation import train
 from segmentation.features import scaling_path
@@ -10,6 +11,7 @@ from segmentation.features.scaling import Scaler
 from segmentation.storage import open_store
 from segmentation.storage.names import USER_FEATURES
 from segmentation.train import model as model_io
+from segmentation.train.tracking import tracking_uri
 
 DIM = 5
 
@@ -59,6 +61,14 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(spark, features_t
     assert whole.details["finished"] and whole.details["world_size"] == 2
     assert whole.details["losses"][-1] < whole.details["losses"][0]  # it learns
     assert train.current_model_path(cfg) == train.model_path(cfg, "whole")
+    client = MlflowClient(tracking_uri(cfg))
+    tracked = client.get_run(whole.details["mlflow_run_id"])
+    assert tracked.data.params["epochs"] == "6"
+    assert [m.value for m in client.get_metric_history(tracked.info.run_id, "train_loss")] == pytest.approx(
+        whole.details["losses"]
+    )
+    logged = client.search_logged_models(experiment_ids=[tracked.info.experiment_id])
+    assert logged and logged[0].source_run_id == tracked.info.run_id
 
     cfg.training.stop_after_epochs = 3
     first = train.run(spark, cfg, "split")
