@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -40,7 +41,9 @@ def encode_batch(model, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and per-row reconstruction error (mean squared) for a float32 matrix."""
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Zero-copy Arrow buffers are read-only; the model only reads its input, so sharing is safe.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         x = torch.from_numpy(matrix)
         z = model.encode(x)
         error = ((model.decoder(z) - x) ** 2).mean(dim=1)
