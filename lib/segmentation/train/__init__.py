@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from pyspark.ml.torch.distributor import TorchDistributor
@@ -92,6 +93,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         "model_path": str(model_path(cfg, run_id).resolve()),
         "checkpoint_path": str(checkpoint_path(cfg, run_id).resolve()),
         "version": run_id,
+        "scaling": asdict(scaler),
     }
     log.info(
         "train: %d users, %d features, %d files, %d processes (local_mode=%s, gpu=%s)",

@@ -62,15 +62,21 @@ def build(spec: ModelSpec) -> Autoencoder:
     )
 
 
-def save(model: Autoencoder, spec: ModelSpec, path: Path) -> None:
-    """Atomically write weights and spec (plain tensors and lists: loadable with weights_only)."""
+def save(model: Autoencoder, spec: ModelSpec, path: Path, scaling: dict | None = None) -> None:
+    """Atomically write weights, spec and the scaling statistics the inputs were prepared with
+    (plain tensors, lists and numbers: loadable with weights_only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     spec_dict = asdict(spec)
     spec_dict["hidden_sizes"] = list(spec.hidden_sizes)
     spec_dict["feature_names"] = list(spec.feature_names)
-    torch.save({"state_dict": model.state_dict(), "spec": spec_dict}, tmp)
+    torch.save({"state_dict": model.state_dict(), "spec": spec_dict, "scaling": scaling or {}}, tmp)
     tmp.replace(path)
+
+
+def load_scaling(path: Path) -> dict:
+    """The scaling statistics saved with a model (empty for a model saved without them)."""
+    return torch.load(path, map_location="cpu", weights_only=True).get("scaling", {})
 
 
 def load(path: Path) -> tuple[Autoencoder, ModelSpec]:

@@ -154,7 +154,7 @@ def train(spec: dict) -> dict:
     finished = state["epoch"] >= spec["epochs"] or state["stopped_early"]
     if rank == 0 and finished:
         net.load_state_dict(state["best_state"] or net.state_dict())  # the best epoch by validation loss
-        model_io.save(net.to("cpu"), model_spec, Path(spec["model_path"]))
+        model_io.save(net.to("cpu"), model_spec, Path(spec["model_path"]), spec.get("scaling"))
     if distributed:
         dist.barrier()
         dist.destroy_process_group()

@@ -61,6 +61,8 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(spark, features_t
     assert whole.details["finished"] and whole.details["world_size"] == 2
     assert whole.details["losses"][-1] < whole.details["losses"][0]  # it learns
     assert train.current_model_path(cfg) == train.model_path(cfg, "whole")
+    scaling = model_io.load_scaling(train.model_path(cfg, "whole"))
+    assert scaling["feature_names"] == [f"f{i}" for i in range(DIM)] and scaling["run_id"] == "feat"
     client = MlflowClient(tracking_uri(cfg))
     tracked = client.get_run(whole.details["mlflow_run_id"])
     assert tracked.data.params["epochs"] == "6"
