@@ -132,6 +132,10 @@ def test_segment_run_end_to_end(spark, pipeline, capsys):
     evaluation = store.read("clustering_evaluation").where(F.col("run_id") == run_id)
     assert {r.representation for r in evaluation.collect()} == {"embedding", "raw"}
     assert evaluation.where("selected").count() == 1
+    assert evaluation.where("stability_ari IS NULL OR silhouette_common IS NULL").count() == 0
+    cluster_details = json.loads(runs.where("stage = 'cluster'").head().details)
+    assert -1 <= cluster_details["selected"]["stability_ari"] <= 1
+    assert cluster_details["selected"]["ari_truth"] > 0.3  # planted segments are largely recovered
 
     # segment sql --format json: one JSON object per row.
     query = "SELECT segment_id, count(*) AS n FROM user_segments GROUP BY 1"

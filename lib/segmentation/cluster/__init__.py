@@ -7,16 +7,25 @@ the best embedding partition by silhouette becomes `user_segments`.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from pyspark.ml.clustering import BisectingKMeans, KMeans
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from segmentation.cluster.metrics import centroids, cluster_stats, silhouette, with_distance
+from segmentation.cluster.metrics import (
+    adjusted_rand,
+    centroids,
+    cluster_stats,
+    contingency,
+    normalized_mutual_info,
+    silhouette,
+    with_distance,
+)
 from segmentation.config import ClusteringConfig, Config
 from segmentation.errors import StageError
+from segmentation.generate import truth_path
 from segmentation.runs import StageResult
 from segmentation.spark import describe
 from segmentation.storage import open_store
@@ -34,8 +43,10 @@ log = logging.getLogger(__name__)
 EVALUATION_SCHEMA = (
     "run_id string, representation string, algorithm string, k int, silhouette double, "
     "calinski_harabasz double, davies_bouldin double, wssse double, min_segment_share double, "
-    "stability_ari double, selected boolean"
+    "stability_ari double, selected boolean, silhouette_common double, calinski_harabasz_common double, "
+    "davies_bouldin_common double"
 )
+COMMON_SPACE = "raw"  # partitions of every representation are also scored on the scaled raw features
 
 
 @dataclass
@@ -50,6 +61,11 @@ class Evaluation:
     min_segment_share: float
     stability_ari: float | None = None
     selected: bool = False
+    silhouette_common: float | None = None
+    calinski_harabasz_common: float | None = None
+    davies_bouldin_common: float | None = None
+    ari_truth: float | None = None
+    nmi_truth: float | None = None
 
 
 def estimator(algorithm: str, k: int, cfg: ClusteringConfig):
@@ -97,42 +113,50 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         "embedding": embeddings.select("user_id", F.col("embedding").alias("values")),
         "raw": features.select("user_id", F.col("features").alias("values")),
     }
+    points = {
+        rep: frame.withColumn("vector", array_to_vector("values")).cache() for rep, frame in spaces.items()
+    }
+    truth = _planted_truth(spark, cfg)
     results: list[Evaluation] = []
     best: tuple[float, str, int] | None = None
-    n_users = 0
-    for representation, frame in spaces.items():
-        points = frame.withColumn("vector", array_to_vector("values")).cache()
-        n_users = points.count()
+    try:
+        n_users = points["embedding"].count()
         if n_users < max(cfg.clustering.k):
-            points.unpersist()
             raise StageError(
                 f"{n_users} users cannot make {max(cfg.clustering.k)} segments: lower clustering.k"
             )
-        for algorithm in cfg.clustering.algorithms:
-            for k in cfg.clustering.k:
-                describe(spark, f"cluster: {representation} {algorithm} k={k}")
-                result = evaluate(
-                    assign_segments(points, algorithm, k, cfg.clustering), representation, algorithm, k
-                )
-                log.info(
-                    "cluster: %-9s %-16s k=%d silhouette=%s CH=%s DB=%s",
-                    representation,
-                    algorithm,
-                    k,
-                    _fmt(result.silhouette),
-                    _fmt(result.calinski_harabasz),
-                    _fmt(result.davies_bouldin),
-                )
-                results.append(result)
-                if representation == "embedding" and result.silhouette is not None:
-                    if best is None or result.silhouette > best[0]:
-                        best = (result.silhouette, algorithm, k)
-        points.unpersist()
+        for representation, space in points.items():
+            for algorithm in cfg.clustering.algorithms:
+                for k in cfg.clustering.k:
+                    describe(spark, f"cluster: {representation} {algorithm} k={k}")
+                    result = _evaluate_partition(
+                        space, points[COMMON_SPACE], truth, representation, algorithm, k, cfg
+                    )
+                    log.info(
+                        "cluster: %-9s %-16s k=%d silhouette=%s (common space %s) CH=%s DB=%s stability=%s%s",
+                        representation,
+                        algorithm,
+                        k,
+                        _fmt(result.silhouette),
+                        _fmt(result.silhouette_common),
+                        _fmt(result.calinski_harabasz),
+                        _fmt(result.davies_bouldin),
+                        _fmt(result.stability_ari),
+                        f" ARI vs truth={result.ari_truth:.3f}" if result.ari_truth is not None else "",
+                    )
+                    results.append(result)
+                    if representation == "embedding" and result.silhouette is not None:
+                        if best is None or result.silhouette > best[0]:
+                            best = (result.silhouette, algorithm, k)
+    finally:
+        for frame in points.values():
+            frame.unpersist()
     if best is None:
         raise StageError("no embedding partition could be evaluated")
     _, algorithm, k = best
     for result in results:
         result.selected = (result.representation, result.algorithm, result.k) == ("embedding", algorithm, k)
+    chosen = next(r for r in results if r.selected)
     log.info("cluster: selected embedding %s k=%d (silhouette %.4f)", algorithm, k, best[0])
     segments = _write_selected(spark, store, spaces["embedding"], algorithm, k, cfg, run_id)
     _write_evaluation(spark, store, results, run_id)
@@ -140,10 +164,62 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         rows_in=n_users,
         rows_out=segments,
         details={
-            "selected": {"algorithm": algorithm, "k": k, "silhouette": best[0]},
+            "selected": {
+                "algorithm": algorithm,
+                "k": k,
+                **{
+                    key: getattr(chosen, key)
+                    for key in ("silhouette", "stability_ari", "ari_truth", "nmi_truth")
+                },
+            },
             "evaluations": [asdict(r) for r in results],
         },
     )
+
+
+def _evaluate_partition(
+    space: DataFrame,
+    common: DataFrame,
+    truth: DataFrame | None,
+    representation: str,
+    algorithm: str,
+    k: int,
+    cfg: Config,
+) -> Evaluation:
+    """Fit one partition and score it: in its own space, in the common space, against a second seed
+    (stability) and, for generated data, against the planted truth."""
+    assigned = assign_segments(space, algorithm, k, cfg.clustering).cache()
+    try:
+        result = evaluate(assigned, representation, algorithm, k)
+        labels = assigned.select("user_id", "segment_id")
+        if representation == COMMON_SPACE:
+            in_common = result
+        else:
+            in_common = evaluate(common.join(labels, "user_id"), COMMON_SPACE, algorithm, k)
+        result.silhouette_common = in_common.silhouette
+        result.calinski_harabasz_common = in_common.calinski_harabasz
+        result.davies_bouldin_common = in_common.davies_bouldin
+        reseeded = replace(cfg.clustering, seed=cfg.clustering.seed + 1)
+        other = assign_segments(space, algorithm, k, reseeded).select(
+            "user_id", F.col("segment_id").alias("other")
+        )
+        result.stability_ari = adjusted_rand(
+            contingency(labels.join(other, "user_id"), "segment_id", "other")
+        )
+        if truth is not None:
+            table = contingency(labels.join(truth, "user_id"), "segment", "segment_id")
+            result.ari_truth, result.nmi_truth = adjusted_rand(table), normalized_mutual_info(table)
+        return result
+    finally:
+        assigned.unpersist()
+
+
+def _planted_truth(spark: SparkSession, cfg: Config) -> DataFrame | None:
+    """For generated logs, the planted segment of each user (from `segment generate`), else None."""
+    path = truth_path(cfg)
+    if not path.is_dir():
+        return None
+    return spark.read.json(str(path)).select("user_id", "segment")
 
 
 def _fmt(value: float | None) -> str:
@@ -206,6 +282,9 @@ def _write_evaluation(spark, store, results: list[Evaluation], run_id: str) -> N
             r.min_segment_share,
             r.stability_ari,
             r.selected,
+            r.silhouette_common,
+            r.calinski_harabasz_common,
+            r.davies_bouldin_common,
         )
         for r in results
     ]

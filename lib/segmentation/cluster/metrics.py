@@ -105,3 +105,44 @@ def silhouette(points: DataFrame, vector: str, cluster: str) -> float | None:
         return None
     evaluator = ClusteringEvaluator(featuresCol=vector, predictionCol=cluster, metricName="silhouette")
     return float(evaluator.evaluate(points))
+
+
+def contingency(pairs: DataFrame, left: str, right: str) -> np.ndarray:
+    """Counts of (left label, right label) pairs as a k1 × k2 matrix (k1 × k2 rows reach the driver)."""
+    rows = pairs.groupBy(left, right).count().collect()
+    lefts = sorted({r[left] for r in rows}, key=str)
+    rights = sorted({r[right] for r in rows}, key=str)
+    table = np.zeros((len(lefts), len(rights)))
+    li = {v: i for i, v in enumerate(lefts)}
+    ri = {v: i for i, v in enumerate(rights)}
+    for r in rows:
+        table[li[r[left]], ri[r[right]]] = r["count"]
+    return table
+
+
+def adjusted_rand(table: np.ndarray) -> float:
+    """Adjusted Rand index of two partitions from their contingency table (as scikit-learn)."""
+
+    def pairs(x: np.ndarray) -> float:
+        return float((x * (x - 1) / 2).sum())
+
+    n = float(table.sum())
+    index = pairs(table)
+    rows, cols = pairs(table.sum(axis=1)), pairs(table.sum(axis=0))
+    expected = rows * cols / (n * (n - 1) / 2) if n > 1 else 0.0
+    maximum = (rows + cols) / 2
+    return 1.0 if maximum == expected else float((index - expected) / (maximum - expected))
+
+
+def normalized_mutual_info(table: np.ndarray) -> float:
+    """NMI with arithmetic-mean normalization (scikit-learn's default) from a contingency table."""
+    n = table.sum()
+    p = table / n
+    pa, pb = p.sum(axis=1), p.sum(axis=0)
+    nz = p > 0
+    mutual = float((p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum())
+    ha = -float((pa[pa > 0] * np.log(pa[pa > 0])).sum())
+    hb = -float((pb[pb > 0] * np.log(pb[pb > 0])).sum())
+    if ha == 0 and hb == 0:
+        return 1.0
+    return float(mutual / ((ha + hb) / 2)) if ha + hb > 0 else 0.0

@@ -145,7 +145,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         )
     parts.append(
         "<h2>Clustering evaluation</h2><p>The embedding is compared with the same algorithms on the "
-        "scaled raw features (representation <code>raw</code>).</p>"
+        "scaled raw features (representation <code>raw</code>); the <code>_common</code> columns score every "
+        "partition in that one common space, so representations compare fairly.</p>"
     )
     parts.append(
         _table(
@@ -160,6 +161,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
                 "wssse",
                 "min_segment_share",
                 "stability_ari",
+                "silhouette_common",
+                "calinski_harabasz_common",
+                "davies_bouldin_common",
                 "selected",
             ],
         )
