@@ -95,6 +95,14 @@ def _shape(tp: DataType) -> object:
     return tp.simpleString()
 
 
+def adds_columns(table: StructType, incoming: StructType) -> bool:
+    """True when `incoming` is the table's schema with new columns after the existing ones: the
+    additive change Delta's schema evolution (mergeSchema) accepts; old rows read the new columns
+    as null."""
+    n = len(table.fields)
+    return len(incoming.fields) > n and schemas_match(table, StructType(incoming.fields[:n]))
+
+
 def describe_mismatch(table: StructType, incoming: StructType) -> str:
     """One line naming the first difference between a table's schema and an incoming one."""
     table_cols = {f.name: _shape(f.dataType) for f in table.fields}

@@ -31,6 +31,7 @@ from segmentation.errors import StorageError
 from segmentation.storage.base import (
     TableStore,
     Txn,
+    adds_columns,
     describe_mismatch,
     refuse_timestamp_ntz,
     schemas_match,
@@ -134,7 +135,18 @@ class DeltaRsStore(TableStore):
         if existing is not None:
             table_schema = self.spark_schema(name)
             table_parts = list(existing.metadata().partition_columns)
-            if (mode == "append" or replace_partitions) and not schemas_match(table_schema, schema):
+            evolving = adds_columns(table_schema, schema) and (mode == "append" or replace_partitions)
+            if evolving:
+                # Nullable columns added in their own commit first: harmless alone (an all-null column).
+                added = StructType(schema.fields[len(table_schema.fields) :])
+                existing.alter.add_columns(list(DeltaSchema.from_json(added.json()).fields))
+                existing = self._table(name)
+                log.info(
+                    "table %s: added columns %s (existing rows read them as null)", name, added.fieldNames()
+                )
+            if (mode == "append" or replace_partitions) and not (
+                evolving or schemas_match(table_schema, schema)
+            ):
                 raise StorageError(
                     f"schema mismatch writing to {name}: {describe_mismatch(table_schema, schema)}"
                 )

@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from segmentation.config import StorageConfig
 from segmentation.errors import StorageError
-from segmentation.storage.base import TableStore, Txn, describe_mismatch, schemas_match
+from segmentation.storage.base import TableStore, Txn, adds_columns, describe_mismatch, schemas_match
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,24 @@ class DeltaSparkStore(TableStore):
 
     def overwrite_partitions(self, df: DataFrame, name: str, partition_by: list[str]) -> None:
         self._check_schema(df, name)
-        writer = df.write.format("delta").mode("overwrite").option("partitionOverwriteMode", "dynamic")
+        writer = (
+            df.write.format("delta")
+            .mode("overwrite")
+            .option("partitionOverwriteMode", "dynamic")
+            .option("mergeSchema", "true")  # _check_schema lets only added columns through
+        )
         self._save(writer.partitionBy(*partition_by), name)
 
     def append(
         self, df: DataFrame, name: str, partition_by: list[str] | None = None, txn: Txn | None = None
     ) -> bool:
         self._check_schema(df, name)
-        writer = df.write.format("delta").mode("append").partitionBy(*(partition_by or []))
+        writer = (
+            df.write.format("delta")
+            .mode("append")
+            .option("mergeSchema", "true")
+            .partitionBy(*(partition_by or []))
+        )
         if txn is not None:
             # Delta skips a write whose (txnAppId, txnVersion) it has already committed.
             writer = writer.option("txnAppId", txn[0]).option("txnVersion", str(txn[1]))
@@ -104,7 +114,7 @@ class DeltaSparkStore(TableStore):
     def _check_schema(self, df: DataFrame, name: str) -> None:
         if self.exists(name):
             current = self.read(name).schema
-            if not schemas_match(current, df.schema):
+            if not (schemas_match(current, df.schema) or adds_columns(current, df.schema)):
                 raise StorageError(
                     f"schema mismatch writing to {name}: {describe_mismatch(current, df.schema)}"
                 )

@@ -188,3 +188,21 @@ def test_delta_spark_engine_without_jars_says_how_to_add_them(spark, cfg):
         open_store(spark, cfg.storage)
     with pytest.raises(StorageError, match="jars are not loaded"):
         DeltaSparkStore(spark, cfg.storage)
+
+
+def test_new_trailing_columns_evolve_the_schema(spark, store):
+    store.overwrite(spark.createDataFrame(rows(), SCHEMA), "t", ["event_date"])
+    wider = (
+        spark.createDataFrame(rows(), SCHEMA)
+        .withColumn("user_id", F.lit("v2"))
+        .withColumn("score", F.lit(0.5))
+    )
+    store.append(wider, "t", ["event_date"])
+    back = store.read("t")
+    assert back.columns[-1] == "score"
+    assert back.where("user_id = 'v2'").select("score").distinct().collect()[0].score == 0.5
+    assert back.where("user_id <> 'v2' AND score IS NULL").count() == 3  # the old rows
+    assert store.protocol("t") == (1, 2)  # still readable by delta-spark
+    narrower = spark.createDataFrame(rows(), SCHEMA)  # dropping a column is still refused
+    with pytest.raises(StorageError, match=r"missing columns \['score'\]"):
+        store.append(narrower, "t", ["event_date"])
