@@ -154,11 +154,24 @@ class EmbedConfig:
 @dataclass
 class ClusteringConfig:
     k: list[int] = field(default_factory=lambda: [4, 5, 6])
-    algorithms: list[Literal["kmeans", "bisecting_kmeans"]] = field(
+    algorithms: list[Literal["kmeans", "bisecting_kmeans", "gaussian_mixture"]] = field(
         default_factory=lambda: ["kmeans", "bisecting_kmeans"]
     )
     seed: int = 42
     max_iter: int = 20
+    # Selection: the best `selection_metric` among the `candidates` representations whose smallest
+    # segment holds at least `min_segment_share` of users and whose stability_ari reaches `min_stability`.
+    selection_metric: Literal[
+        "silhouette", "silhouette_common", "calinski_harabasz_common", "davies_bouldin_common"
+    ] = "silhouette"
+    candidates: list[Literal["embedding", "raw"]] = field(default_factory=lambda: ["embedding"])
+    min_segment_share: float = 0.02
+    min_stability: float = 0.6
+    # stability_ari compares each fit with a refit on a random `stability_fraction` of the users under
+    # another seed (subsample), with a refit under another seed on all users (seed), or is skipped (off).
+    stability: Literal["subsample", "seed", "off"] = "subsample"
+    stability_fraction: float = 0.8
+    label_features: int = 3
 
 
 @dataclass
@@ -406,6 +419,16 @@ def _check_values(cfg: Config) -> None:
     _require(all(k >= 2 for k in cfg.clustering.k), "clustering.k", "must hold values of at least 2")
     _require(len(cfg.clustering.algorithms) > 0, "clustering.algorithms", "must list at least one algorithm")
     _require(cfg.clustering.max_iter >= 1, "clustering.max_iter", "must be at least 1")
+    _require(0 <= cfg.clustering.min_segment_share < 1, "clustering.min_segment_share", "must be in [0, 1)")
+    _require(-1 <= cfg.clustering.min_stability <= 1, "clustering.min_stability", "must be in [-1, 1]")
+    _require(0 < cfg.clustering.stability_fraction <= 1, "clustering.stability_fraction", "must be in (0, 1]")
+    _require(len(cfg.clustering.candidates) > 0, "clustering.candidates", "must list a representation")
+    _require(cfg.clustering.label_features >= 1, "clustering.label_features", "must be at least 1")
+    if cfg.clustering.selection_metric == "silhouette" and len(set(cfg.clustering.candidates)) > 1:
+        raise ConfigError(
+            "config key 'clustering.selection_metric' silhouette cannot compare representations "
+            "(each is measured in its own space): use silhouette_common with several candidates"
+        )
     _require(cfg.privacy.min_segment_size >= 0, "privacy.min_segment_size", "must not be negative")
     for name in ("catalog", "schema"):
         value = getattr(cfg.storage, name)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from segmentation import cluster
 from segmentation.cli import main
 from segmentation.generate import truth_path
 from segmentation.storage import open_store
@@ -135,7 +136,19 @@ def test_segment_run_end_to_end(spark, pipeline, capsys):
     assert evaluation.where("stability_ari IS NULL OR silhouette_common IS NULL").count() == 0
     cluster_details = json.loads(runs.where("stage = 'cluster'").head().details)
     assert -1 <= cluster_details["selected"]["stability_ari"] <= 1
-    assert cluster_details["selected"]["ari_truth"] > 0.3  # planted segments are largely recovered
+    with capsys.disabled():
+        print("\ngenerated data, ARI against the planted segments (deep vs raw):")
+        for e in cluster_details["evaluations"]:
+            print(f"  {e['representation']:9} {e['algorithm']:16} k={e['k']}  ARI={e['ari_truth']:.3f}")
+        print(f"selected {cluster_details['selected']}\nraw baseline {cluster_details['raw_baseline']}")
+    # 8 epochs on 2k users undertrain the autoencoder (the planted-blob test in tests/unit/cluster holds
+    # the selected embedding partition to ARI >= 0.8); the planted segments must be recoverable here.
+    assert cluster_details["selected"]["ari_truth"] > 0.3
+    assert max(e["ari_truth"] for e in cluster_details["evaluations"]) >= 0.8
+    profiles = store.read("segment_profiles").collect()
+    assert all(p.n_users >= cfg.privacy.min_segment_size and p.label for p in profiles)
+    assert sum(p.n_users for p in profiles) <= segments.count()
+    assert (cluster.segmenters_dir(cfg) / run_id / "segmenter.json").is_file()
 
     # segment sql --format json: one JSON object per row.
     query = "SELECT segment_id, count(*) AS n FROM user_segments GROUP BY 1"

@@ -32,6 +32,8 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     def cell(value) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
+        if isinstance(value, list):
+            value = ", ".join(map(str, value))
         return html.escape("" if value is None else str(value))
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
@@ -77,6 +79,22 @@ def _plots(evaluations: list[dict], profiles: list[dict]) -> str:
     return out
 
 
+def _feature_table(profiles: list[dict]) -> str:
+    """Features as rows, segments as columns: each cell is the segment mean and its lift."""
+    if not profiles:
+        return ""
+    names = [c[len("mean_") :] for c in profiles[0] if c.startswith("mean_")]
+    columns = ["feature"] + [f"{p['segment_id']}: {p['label']}" for p in profiles]
+    rows = []
+    for name in names:
+        row = {"feature": name}
+        for p, column in zip(profiles, columns[1:], strict=True):
+            lift = p.get(f"lift_{name}")
+            row[column] = f"{p[f'mean_{name}']:.3g}" + ("" if lift is None else f" (×{lift:.2f})")
+        rows.append(row)
+    return "<h3>Feature means (lift vs all segmented users)</h3>" + _table(rows, columns)
+
+
 def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     store = open_store(spark, cfg.storage)
     profiles_all = [r.asDict() for r in store.read_or_fail(SEGMENT_PROFILES, "report").collect()]  # k rows
@@ -90,6 +108,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         .collect()
     ]
     minimum = cfg.privacy.min_segment_size
+    # The cluster stage already merged small segments; this guards tables written by older versions.
     profiles = [p for p in profiles_all if p["n_users"] >= minimum]
     suppressed = len(profiles_all) - len(profiles)
     stages = []
@@ -165,18 +184,19 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
                 "calinski_harabasz_common",
                 "davies_bouldin_common",
                 "selected",
+                "selection_reason",
             ],
         )
     )
     parts.append(_plots(evaluations, profiles))
-    profile_cols = ["segment_id", "n_users", "share"] + sorted(
-        c for c in (profiles_all[0] if profiles_all else {}) if c.startswith("mean_")
-    )
     parts.append(
-        f"<h2>Segment profiles</h2><p>Segments under {minimum} users are suppressed"
-        f" ({suppressed} suppressed).</p>"
+        f"<h2>Segment profiles</h2><p>Segments under {minimum} users (privacy.min_segment_size) are merged "
+        "into segment -1 (other), which is itself withheld when still smaller. Labels name the features "
+        "whose segment mean lies furthest from the population mean, in population standard deviations.</p>"
     )
-    parts.append(_table(sorted(profiles, key=lambda p: p["segment_id"]), profile_cols))
+    shown = sorted(profiles, key=lambda p: p["segment_id"])
+    parts.append(_table(shown, ["segment_id", "label", "n_users", "share", "top_categories"]))
+    parts.append(_feature_table(shown))
     parts.append("</body></html>")
 
     path = report_path(cfg, run_id)

@@ -15,6 +15,7 @@ from pathlib import Path
 from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import SparkSession
 
+from segmentation.artifacts import publish, published
 from segmentation.config import Config
 from segmentation.errors import StageError
 from segmentation.features import load_scaler
@@ -62,17 +63,10 @@ TRAINER_SETTINGS = (
 
 def current_model_path(cfg: Config) -> Path:
     """The model the downstream stages use: the last one `train` published."""
-    pointer = models_dir(cfg) / "CURRENT"
-    if not pointer.is_file():
+    version = published(models_dir(cfg) / "CURRENT")
+    if version is None:
         raise StageError(f"no trained model under {models_dir(cfg)}: run the train stage first")
-    return model_path(cfg, pointer.read_text().strip())
-
-
-def _publish(cfg: Config, version: str) -> None:
-    pointer = models_dir(cfg) / "CURRENT"
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(version)
-    tmp.replace(pointer)
+    return model_path(cfg, version)
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
@@ -134,7 +128,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
             result,
             Path(result["model_path"]),
         )
-    _publish(cfg, run_id)
+    publish(models_dir(cfg) / "CURRENT", run_id)
     log.info(
         "train: model %s after %d epochs, train loss %.5f, validation loss %.5f",
         run_id,
