@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.setup-done
 CONF   ?= conf/local.yaml
 DEMO_USERS ?= 20000
 
-.PHONY: setup demo test test-fast lint docs lock clean
+.PHONY: setup demo test test-fast bench lint docs lock clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest tests -m "not slow"
+
+# Not part of `make test`: about 30 minutes here. Results: docs/benchmark.json and docs/benchmark.md.
+bench: $(STAMP)
+	$(BIN)/segment bench --conf $(CONF) --out docs/benchmark.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib tests jobs

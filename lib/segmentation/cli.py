@@ -30,7 +30,7 @@ STAGES = (
     "sql",
     "bench",
 )
-NOT_YET = {"assign": "issue 'Clustering, evaluation and profiles'", "bench": "issue 'Benchmarks'"}
+NOT_YET = {"assign": "no issue yet; `cluster` already saves the model it needs under <artifacts>/segmenters"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format", choices=("table", "json", "csv"), default="table", help="'sql' output format"
     )
+    parser.add_argument("--out", metavar="FILE.json", help="'bench' only: results file (+ FILE.md beside)")
     parser.add_argument("--limit", type=int, default=1000, help="'sql' table format: rows to print at most")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     return parser
@@ -103,6 +104,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise ConfigError(f"unexpected argument {args.query!r} for stage {args.stage}")
     if args.resume and args.stage != "run":
         raise ConfigError("--resume applies to 'segment run' only")
+    if (args.out is not None) != (args.stage == "bench"):
+        raise ConfigError("segment bench needs --out FILE.json, and --out applies to bench only")
     cfg = load_config(args.conf, args.overrides)
 
     from segmentation.spark import get_spark
@@ -119,6 +122,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.stage == "sql":
         return _sql(spark, cfg, args.query, args.format, args.limit)
+    if args.stage == "bench":
+        from pathlib import Path
+
+        from segmentation import bench
+
+        results = bench.run(spark, cfg, Path(args.out))
+        for key, target in results["targets"].items():
+            met = {True: "met", False: "MISSED", None: "n/a"}[target["met"]]
+            print(f"{key}: {target['value']} (target {target['target']}): {met}")
+        print(f"results: {args.out} and {Path(args.out).with_suffix('.md')}")
+        return 0
     if args.stage == "run":
         from segmentation.pipeline import run_pipeline
 

@@ -190,6 +190,18 @@ class PrivacyConfig:
 
 
 @dataclass
+class BenchConfig:
+    work_dir: str = "./data/bench"
+    e2e_events: list[int] = field(default_factory=lambda: [1_000_000, 2_000_000, 4_000_000])
+    repeats: int = 3
+    embed_rows: int = 1_000_000
+    train_epochs: int = 4  # per feeder launch; steady throughput is the median of epochs 2..n
+    kmeans_rows: int = 1_000_000
+    kmeans_dim: int = 16
+    kmeans_k: list[int] = field(default_factory=lambda: [8, 32])
+
+
+@dataclass
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -202,6 +214,7 @@ class Config:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     @property
     def artifacts_root(self) -> str:
@@ -423,6 +436,9 @@ def _check_values(cfg: Config) -> None:
     _require(-1 <= cfg.clustering.min_stability <= 1, "clustering.min_stability", "must be in [-1, 1]")
     _require(0 < cfg.clustering.stability_fraction <= 1, "clustering.stability_fraction", "must be in (0, 1]")
     _require(len(cfg.clustering.candidates) > 0, "clustering.candidates", "must list a representation")
+    _require(len(cfg.bench.e2e_events) >= 2, "bench.e2e_events", "must list at least two sizes")
+    _require(cfg.bench.repeats >= 1, "bench.repeats", "must be at least 1")
+    _require(cfg.bench.train_epochs >= 2, "bench.train_epochs", "must be at least 2")
     _require(cfg.clustering.label_features >= 1, "clustering.label_features", "must be at least 1")
     if cfg.clustering.selection_metric == "silhouette" and len(set(cfg.clustering.candidates)) > 1:
         raise ConfigError(

@@ -41,6 +41,10 @@ def train(spec: dict) -> dict:
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_gpu else "cpu")
+    if not use_gpu:
+        # Processes on one host share its cores; torch's default (every core per process) oversubscribes.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
     model_spec = model_io.ModelSpec(
         input_dim=len(spec["feature_names"]),
@@ -98,6 +102,7 @@ def train(spec: dict) -> dict:
         )
 
     launched_at = state["epoch"]
+    epoch_seconds: list[float] = []  # this launch's epochs (steady throughput for the benchmark)
     while state["epoch"] < spec["epochs"] and not state["stopped_early"]:
         if spec["stop_after_epochs"] and state["epoch"] - launched_at >= spec["stop_after_epochs"]:
             break
@@ -138,8 +143,9 @@ def train(spec: dict) -> dict:
         else:
             state["bad_epochs"] += 1
             state["stopped_early"] = 0 < spec["patience"] <= state["bad_epochs"]
+        epoch_seconds.append(time.perf_counter() - started)
         if rank == 0:
-            rate = float(totals[1]) / max(time.perf_counter() - started, 1e-9)
+            rate = float(totals[1]) / max(epoch_seconds[-1], 1e-9)
             log.info(
                 "epoch %d/%d: train loss %.5f, validation loss %.5f, %.0f samples/s%s",
                 epoch,
@@ -167,6 +173,8 @@ def train(spec: dict) -> dict:
         "model_path": spec["model_path"],
         "world_size": world,
         "feeder": feeder,
+        "epoch_seconds": epoch_seconds,
+        "samples_per_epoch": steps * world * spec["batch_size"],
     }
 
 

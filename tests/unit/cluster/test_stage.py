@@ -13,7 +13,11 @@ from segmentation import cluster
 from segmentation.generate import truth_path
 from segmentation.storage import open_store
 
-MODELS = {"kmeans": KMeansModel, "bisecting_kmeans": BisectingKMeansModel, "gaussian_mixture": GaussianMixtureModel}
+MODELS = {
+    "kmeans": KMeansModel,
+    "bisecting_kmeans": BisectingKMeansModel,
+    "gaussian_mixture": GaussianMixtureModel,
+}
 PER_SEGMENT = 120
 SEGMENTS = 4
 
@@ -66,7 +70,9 @@ def test_cluster_stage_on_planted_segments(spark, cfg, planted):
 
     evaluation = [r.asDict() for r in planted.read("clustering_evaluation").collect()]
     keys = {(r["representation"], r["algorithm"], r["k"]) for r in evaluation}
-    assert keys == {(rep, a, k) for rep in ("embedding", "raw") for a in cfg.clustering.algorithms for k in (3, 4)}
+    assert keys == {
+        (rep, a, k) for rep in ("embedding", "raw") for a in cfg.clustering.algorithms for k in (3, 4)
+    }
     assert len(evaluation) == len(keys)
     selected = [r for r in evaluation if r["selected"]]
     assert len(selected) == 1 and selected[0]["representation"] == "embedding"

@@ -1,0 +1,57 @@
+"""`segment bench` smoke test on tiny sizes: it runs and writes every figure and target."""
+
+import json
+
+import pytest
+
+from segmentation.cli import main
+from tests.conftest import REPO  # noqa: I001
+
+KEYS = {
+    "embed_ratio_vs_torch",
+    "train_ratio_vs_single_process",
+    "train_ratio_by_feeder",
+    "train_launch_overhead_seconds",
+    "features_ratio_vs_pyarrow",
+    "kmeans_ratio_vs_sklearn",
+    "kmeans_inertia_ratio",
+    "e2e_seconds",
+    "e2e_scaling_4x",
+    "ari_selected",
+    "ari_raw_baseline",
+    "machine",
+    "targets",
+}
+
+
+@pytest.mark.slow
+def test_bench_smoke(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    overrides = [
+        "spark.master=local[2]",
+        f"bench.work_dir={tmp_path / 'work'}",
+        "bench.e2e_events=[4000, 8000]",
+        "bench.repeats=1",
+        "bench.embed_rows=3000",
+        "bench.train_epochs=2",
+        "bench.kmeans_rows=3000",
+        "bench.kmeans_k=[3, 4]",
+        "training.epochs=2",
+        "clustering.k=[3]",
+        "clustering.algorithms=[kmeans]",
+    ]
+    args = ["bench", "--conf", str(REPO / "conf" / "local.yaml"), "--out", str(out)]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args) == 0
+    results = json.loads(out.read_text())
+    assert KEYS <= set(results), KEYS - set(results)
+    assert set(results["e2e_seconds"]) == {"4000", "8000"}
+    assert set(results["kmeans_ratio_vs_sklearn"]) == {"3", "4"}
+    assert all(v > 0 for v in results["kmeans_inertia_ratio"].values())
+    assert results["embed_ratio_vs_torch"] > 0 and results["features_ratio_vs_pyarrow"] > 0
+    assert "arrow" in results["train_ratio_by_feeder"]
+    assert 0 <= results["ari_selected"] <= 1
+    table = out.with_suffix(".md").read_text()
+    assert "| `embed_ratio_vs_torch` |" in table and "cores" in table
+    assert "embed_ratio_vs_torch" in capsys.readouterr().out
