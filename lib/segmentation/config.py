@@ -172,6 +172,7 @@ class ClusteringConfig:
     stability: Literal["subsample", "seed", "off"] = "subsample"
     stability_fraction: float = 0.8
     label_features: int = 3
+    parallelism: int = 4  # candidates fitted and scored concurrently (Spark jobs from driver threads)
 
 
 @dataclass
@@ -439,6 +440,7 @@ def _check_values(cfg: Config) -> None:
     _require(len(cfg.bench.e2e_events) >= 2, "bench.e2e_events", "must list at least two sizes")
     _require(cfg.bench.repeats >= 1, "bench.repeats", "must be at least 1")
     _require(cfg.bench.train_epochs >= 2, "bench.train_epochs", "must be at least 2")
+    _require(cfg.clustering.parallelism >= 1, "clustering.parallelism", "must be at least 1")
     _require(cfg.clustering.label_features >= 1, "clustering.label_features", "must be at least 1")
     if cfg.clustering.selection_metric == "silhouette" and len(set(cfg.clustering.candidates)) > 1:
         raise ConfigError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -156,30 +157,31 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
             raise StageError(
                 f"{n_users} users cannot make {max(cfg.clustering.k)} segments: lower clustering.k"
             )
-        for representation, space in points.items():
-            for algorithm in cfg.clustering.algorithms:
-                for k in cfg.clustering.k:
-                    describe(spark, f"cluster: {representation} {algorithm} k={k}")
-                    model = fit(space, algorithm, k, cfg.clustering)
-                    result = _evaluate_partition(
-                        model, space, points[COMMON_SPACE], truth, representation, algorithm, k, cfg
-                    )
-                    log.info(
-                        "cluster: %-9s %-16s k=%d silhouette=%s (common space %s) CH=%s DB=%s "
-                        "smallest share=%.3f stability=%s%s",
-                        representation,
-                        algorithm,
-                        k,
-                        _fmt(result.silhouette),
-                        _fmt(result.silhouette_common),
-                        _fmt(result.calinski_harabasz),
-                        _fmt(result.davies_bouldin),
-                        result.min_segment_share,
-                        _fmt(result.stability_ari),
-                        f" ARI vs truth={result.ari_truth:.3f}" if result.ari_truth is not None else "",
-                    )
-                    results.append(result)
-                    models[(representation, algorithm, k)] = model
+        candidates = [
+            (representation, algorithm, k)
+            for representation in points
+            for algorithm in cfg.clustering.algorithms
+            for k in cfg.clustering.k
+        ]
+
+        def fit_and_score(candidate: tuple[str, str, int]):
+            representation, algorithm, k = candidate
+            describe(spark, f"cluster: {representation} {algorithm} k={k}")
+            model = fit(points[representation], algorithm, k, cfg.clustering)
+            result = _evaluate_partition(
+                model, points[representation], points[COMMON_SPACE], truth, representation, algorithm, k, cfg
+            )
+            _log_evaluation(result)
+            return result, model
+
+        # On small data each fit and metric is a handful of short Spark jobs whose cost is scheduling
+        # latency, so candidates run side by side (Spark accepts jobs from several driver threads).
+        with ThreadPoolExecutor(max_workers=cfg.clustering.parallelism) as pool:
+            for candidate, (result, model) in zip(
+                candidates, pool.map(fit_and_score, candidates), strict=True
+            ):
+                results.append(result)
+                models[candidate] = model
 
         selection = select(results, cfg.clustering)
         for i, (result, reason) in enumerate(zip(results, selection.reasons, strict=True)):
@@ -261,6 +263,23 @@ def _stability(
         "user_id", F.col("segment_id").alias("other")
     )
     return adjusted_rand(contingency(labels.join(other, "user_id"), "segment_id", "other"))
+
+
+def _log_evaluation(result: Evaluation) -> None:
+    log.info(
+        "cluster: %-9s %-16s k=%d silhouette=%s (common space %s) CH=%s DB=%s smallest share=%.3f "
+        "stability=%s%s",
+        result.representation,
+        result.algorithm,
+        result.k,
+        _fmt(result.silhouette),
+        _fmt(result.silhouette_common),
+        _fmt(result.calinski_harabasz),
+        _fmt(result.davies_bouldin),
+        result.min_segment_share,
+        _fmt(result.stability_ari),
+        f" ARI vs truth={result.ari_truth:.3f}" if result.ari_truth is not None else "",
+    )
 
 
 def _planted_truth(spark: SparkSession, cfg: Config) -> DataFrame | None:
