@@ -129,7 +129,7 @@ class TrainingConfig:
     feeder: Literal["auto", "petastorm", "arrow"] = "auto"
     batch_size: int = 256
     learning_rate: float = 0.002
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
+    hidden_sizes: list[int] = field(default_factory=lambda: [64])
     embedding_dim: int = 8
     activation: Literal["relu", "gelu", "tanh"] = "relu"
     dropout: float = 0.0
@@ -159,6 +159,8 @@ class ClusteringConfig:
     )
     seed: int = 42
     max_iter: int = 20
+    # kmeans and gaussian_mixture: fits under successive seeds, the one with the lowest cost kept
+    restarts: int = 3
     # Selection: the best `selection_metric` among the `candidates` representations whose smallest
     # segment holds at least `min_segment_share` of users and whose stability_ari reaches `min_stability`.
     selection_metric: Literal[
@@ -433,6 +435,7 @@ def _check_values(cfg: Config) -> None:
     _require(all(k >= 2 for k in cfg.clustering.k), "clustering.k", "must hold values of at least 2")
     _require(len(cfg.clustering.algorithms) > 0, "clustering.algorithms", "must list at least one algorithm")
     _require(cfg.clustering.max_iter >= 1, "clustering.max_iter", "must be at least 1")
+    _require(cfg.clustering.restarts >= 1, "clustering.restarts", "must be at least 1")
     _require(0 <= cfg.clustering.min_segment_share < 1, "clustering.min_segment_share", "must be in [0, 1)")
     _require(-1 <= cfg.clustering.min_stability <= 1, "clustering.min_stability", "must be in [-1, 1]")
     _require(0 < cfg.clustering.stability_fraction <= 1, "clustering.stability_fraction", "must be in (0, 1]")

@@ -92,6 +92,8 @@ def pipeline(spark, tmp_path_factory):
         "clustering.k=[4, 5]",
         "--set",
         "training.epochs=8",
+        "--set",
+        "training.batch_size=32",  # 2k users: small batches give the autoencoder enough steps
     ]
     cfg = make_config(root, "generate.users=2000")
     return root, args, cfg
@@ -141,11 +143,10 @@ def test_segment_run_end_to_end(spark, pipeline, capsys):
         for e in cluster_details["evaluations"]:
             print(f"  {e['representation']:9} {e['algorithm']:16} k={e['k']}  ARI={e['ari_truth']:.3f}")
         print(f"selected {cluster_details['selected']}\nraw baseline {cluster_details['raw_baseline']}")
-    # 8 epochs on 2k users undertrain the autoencoder, and single-init MLlib fits land in different
-    # local optima run to run (best row 0.73-0.95 seen); the planted-blob test in tests/unit/cluster
-    # holds the selected partition to ARI >= 0.8 on a clear case.
-    assert cluster_details["selected"]["ari_truth"] > 0.3
-    assert max(e["ari_truth"] for e in cluster_details["evaluations"]) > 0.5
+    # The planted segments overlap in every single feature (raw k-means reaches about 0.95); the
+    # selected deep segmentation measured 0.89-0.94 over autoencoder seeds offline, 0.92 here.
+    assert cluster_details["selected"]["ari_truth"] >= 0.75
+    assert cluster_details["selected"]["ari_truth"] >= cluster_details["raw_baseline"]["ari_truth"] - 0.15
     profiles = store.read("segment_profiles").collect()
     assert all(p.n_users >= cfg.privacy.min_segment_size and p.label for p in profiles)
     assert sum(p.n_users for p in profiles) <= segments.count()

@@ -17,18 +17,18 @@ from segmentation.features.aggregates import HOUR_BUCKETS, TYPE_NAMES
 
 
 def torch_embed_seconds(model_path: str, rows: np.ndarray, batch_size: int) -> float:
-    """Seconds for single-process torch to encode `rows` in batches (the limit for the embed step)."""
+    """Seconds for single-process torch to compute what the embed step writes (embedding and
+    reconstruction error, the same `encode_batch`) for `rows` held in memory, in batches: the limit."""
     import torch
 
+    from segmentation.embed import encode_batch
     from segmentation.train.model import load
 
     net, _ = load(model_path)
-    net.eval()
     torch.set_num_threads(_cores())
     started = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(rows), batch_size):
-            net.encode(torch.from_numpy(rows[i : i + batch_size]))
+    for i in range(0, len(rows), batch_size):
+        encode_batch(net, rows[i : i + batch_size])
     return time.perf_counter() - started
 
 

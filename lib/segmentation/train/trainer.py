@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+FEW_STEPS = 200  # fewer optimizer steps than this left embeddings far from converged on generated data
+
 
 def train(spec: dict) -> dict:
     """Train the autoencoder. `spec` keys: files, total_rows, feature_names, hidden_sizes,
@@ -100,6 +102,14 @@ def train(spec: dict) -> dict:
             spec["batch_size"],
             device,
         )
+        if steps * spec["epochs"] < FEW_STEPS:
+            log.warning(
+                "training: %d optimizer steps in all (%d epochs x %d steps) leave an autoencoder "
+                "undertrained; raise training.epochs or lower training.batch_size",
+                steps * spec["epochs"],
+                spec["epochs"],
+                steps,
+            )
 
     launched_at = state["epoch"]
     epoch_seconds: list[float] = []  # this launch's epochs (steady throughput for the benchmark)
