@@ -113,8 +113,8 @@ def fit(points: DataFrame, algorithm: str, k: int, cfg: ClusteringConfig, featur
     """
     restarts = 1 if algorithm == "bisecting_kmeans" else cfg.restarts
     best, best_cost = None, float("inf")
-    # Only the vector column: MLlib then iterates over its own deserialized copy of the vectors instead
-    # of converting the wide cached rows on every iteration (about 1.5x faster per fit, measured).
+    # Fitting on a projection to the one vector column, not on the cached frame itself, measured 1.5x
+    # (32k x 8) to 3.5x (1M x 16, 20 iterations) faster here.
     vectors = points.select(features)
     for seed in range(cfg.seed, cfg.seed + restarts):
         model = estimator(algorithm, k, cfg, features, seed).fit(vectors)
