@@ -92,7 +92,7 @@ def estimator(
         "predictionCol": "segment_id",
     }
     if algorithm == "kmeans":
-        return KMeans(**common)
+        return KMeans(**common, initSteps=cfg.init_steps)
     if algorithm == "bisecting_kmeans":
         return BisectingKMeans(**common)
     if algorithm == "gaussian_mixture":
