@@ -55,6 +55,8 @@ def test_databricks_overlay_is_valid():
         ("input.mapping.userid=uid", "input.mapping.userid"),
         ("storage.catalog=main; DROP", "storage.catalog"),
         ("generate.start_date=tomorrow", "generate.start_date"),
+        ("clustering.restarts=0", "clustering.restarts"),
+        ("clustering.init_steps=0", "clustering.init_steps"),
     ],
 )
 def test_bad_config_names_the_key(override, key):
