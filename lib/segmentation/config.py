@@ -127,7 +127,12 @@ class TrainingConfig:
     local_mode: bool = True
     use_gpu: bool = False
     feeder: Literal["auto", "petastorm", "arrow"] = "auto"
-    batch_size: int = 256
+    batch_size: int = 256  # per process; the smallest, see max_steps_per_epoch
+    # The per-process batch grows past batch_size until an epoch takes at most this many optimizer
+    # steps (null: never). The embedding's segment structure tracked the optimizer's steps, not the
+    # epochs: on generated logs, 4x the users at a fixed batch (4x the steps) cut ARI against the
+    # planted segments from 0.95 to 0.53-0.94 over three seeds; a fixed step count kept 0.87-0.96.
+    max_steps_per_epoch: int | None = 64
     learning_rate: float = 0.002
     hidden_sizes: list[int] = field(default_factory=lambda: [64])
     embedding_dim: int = 8
@@ -166,9 +171,12 @@ class ClusteringConfig:
     init_steps: int = 5
     # Selection: the best `selection_metric` among the `candidates` representations whose smallest
     # segment holds at least `min_segment_share` of users and whose stability_ari reaches `min_stability`.
+    # silhouette_common by default: the embedding's own silhouette rewards splits the autoencoder
+    # sharpened (on generated logs it chose k=6, ARI 0.87-0.88 against the planted segments, in two of
+    # three trainings where k=5 scored 0.95 and won on the scaled features in all three).
     selection_metric: Literal[
         "silhouette", "silhouette_common", "calinski_harabasz_common", "davies_bouldin_common"
-    ] = "silhouette"
+    ] = "silhouette_common"
     candidates: list[Literal["embedding", "raw"]] = field(default_factory=lambda: ["embedding"])
     min_segment_share: float = 0.02
     min_stability: float = 0.6
@@ -418,6 +426,11 @@ def _check_values(cfg: Config) -> None:
     _require(cfg.training.epochs >= 1, "training.epochs", "must be at least 1")
     _require(cfg.training.num_processes >= 1, "training.num_processes", "must be at least 1")
     _require(cfg.training.batch_size >= 1, "training.batch_size", "must be at least 1")
+    _require(
+        cfg.training.max_steps_per_epoch is None or cfg.training.max_steps_per_epoch >= 1,
+        "training.max_steps_per_epoch",
+        "must be at least 1 or null",
+    )
     _require(cfg.training.learning_rate > 0, "training.learning_rate", "must be positive")
     _require(cfg.training.embedding_dim >= 1, "training.embedding_dim", "must be at least 1")
     _require(0 <= cfg.training.dropout < 1, "training.dropout", "must be in [0, 1)")

@@ -57,6 +57,7 @@ def test_databricks_overlay_is_valid():
         ("generate.start_date=tomorrow", "generate.start_date"),
         ("clustering.restarts=0", "clustering.restarts"),
         ("clustering.init_steps=0", "clustering.init_steps"),
+        ("training.max_steps_per_epoch=0", "training.max_steps_per_epoch"),
     ],
 )
 def test_bad_config_names_the_key(override, key):

@@ -189,6 +189,7 @@ def training_vs_single_process(spark: SparkSession, cfg: Config, epochs: int) ->
         total = time.perf_counter() - started
         steady = median(result["epoch_seconds"][1:])
         by_feeder[feeder] = result["samples_per_epoch"] / steady
+        batch_size = result["batch_size"]  # the per-process batch the launcher resolved
         overhead[feeder] = total - sum(result["epoch_seconds"])
     rows = np.stack(
         DeltaTable(str(Path(cfg.storage.root) / "user_features")).to_pandas(columns=["features"])["features"]
@@ -198,7 +199,7 @@ def training_vs_single_process(spark: SparkSession, cfg: Config, epochs: int) ->
         rows,
         tuple(settings.hidden_sizes),
         settings.embedding_dim,
-        settings.batch_size,
+        batch_size,
         settings.learning_rate,
         epochs,
     )

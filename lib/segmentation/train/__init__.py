@@ -16,7 +16,7 @@ from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import SparkSession
 
 from segmentation.artifacts import publish, published
-from segmentation.config import Config
+from segmentation.config import Config, TrainingConfig
 from segmentation.errors import StageError
 from segmentation.features import load_scaler
 from segmentation.runs import StageResult
@@ -69,6 +69,16 @@ def current_model_path(cfg: Config) -> Path:
     return model_path(cfg, version)
 
 
+def per_process_batch(training: TrainingConfig, total_rows: int) -> int:
+    """`training.batch_size`, grown until an epoch over the training share of `total_rows` users takes
+    at most `training.max_steps_per_epoch` steps across `training.num_processes` processes."""
+    if training.max_steps_per_epoch is None:
+        return training.batch_size
+    train_rows = max(1, int(total_rows * (1 - training.validation_share)))
+    needed = -(-train_rows // (training.num_processes * training.max_steps_per_epoch))
+    return max(training.batch_size, needed)
+
+
 def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     store = open_store(spark, cfg.storage)
     users = store.read_or_fail(USER_FEATURES, "train")
@@ -79,22 +89,25 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     features_run = users.select("run_id").limit(1).head()["run_id"]
     scaler = load_scaler(cfg, features_run)
     files = users.inputFiles()
+    settings = {key: getattr(cfg.training, key) for key in TRAINER_SETTINGS}
+    settings["batch_size"] = per_process_batch(cfg.training, total_rows)
     spec = {
         "files": sorted(files),
         "total_rows": total_rows,
         "feature_names": scaler.feature_names,
-        **{key: getattr(cfg.training, key) for key in TRAINER_SETTINGS},
+        **settings,
         "model_path": str(model_path(cfg, run_id).resolve()),
         "checkpoint_path": str(checkpoint_path(cfg, run_id).resolve()),
         "version": run_id,
         "scaling": asdict(scaler),
     }
     log.info(
-        "train: %d users, %d features, %d files, %d processes (local_mode=%s, gpu=%s)",
+        "train: %d users, %d features, %d files, %d processes of %d rows a batch (local_mode=%s, gpu=%s)",
         total_rows,
         len(scaler.feature_names),
         len(files),
         cfg.training.num_processes,
+        settings["batch_size"],
         cfg.training.local_mode,
         cfg.training.use_gpu,
     )
@@ -124,7 +137,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         result["mlflow_run_id"] = log_training(
             cfg,
             run_id,
-            {k: getattr(cfg.training, k) for k in TRAINER_SETTINGS},
+            {**settings, "max_steps_per_epoch": cfg.training.max_steps_per_epoch},
             result,
             Path(result["model_path"]),
         )

@@ -105,7 +105,8 @@ def train(spec: dict) -> dict:
         if steps * spec["epochs"] < FEW_STEPS:
             log.warning(
                 "training: %d optimizer steps in all (%d epochs x %d steps) leave an autoencoder "
-                "undertrained; raise training.epochs or lower training.batch_size",
+                "undertrained; raise training.epochs or training.max_steps_per_epoch, or lower "
+                "training.batch_size",
                 steps * spec["epochs"],
                 spec["epochs"],
                 steps,
@@ -184,6 +185,7 @@ def train(spec: dict) -> dict:
         "world_size": world,
         "feeder": feeder,
         "epoch_seconds": epoch_seconds,
+        "batch_size": spec["batch_size"],
         "samples_per_epoch": steps * world * spec["batch_size"],
     }
 

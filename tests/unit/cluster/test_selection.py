@@ -30,7 +30,9 @@ def rows() -> list[Row]:
 
 
 def test_highest_silhouette_among_candidates_meeting_both_floors():
-    selection = select(rows(), ClusteringConfig(min_segment_share=0.05, min_stability=0.6))
+    selection = select(
+        rows(), ClusteringConfig(selection_metric="silhouette", min_segment_share=0.05, min_stability=0.6)
+    )
     assert selection.index == 0
     reasons = selection.reasons
     assert reasons[0].startswith("selected: highest silhouette (0.5000)")
@@ -40,7 +42,7 @@ def test_highest_silhouette_among_candidates_meeting_both_floors():
 
 
 def test_floors_are_configurable():
-    relaxed = ClusteringConfig(min_segment_share=0.0, min_stability=0.0)
+    relaxed = ClusteringConfig(selection_metric="silhouette", min_segment_share=0.0, min_stability=0.0)
     assert select(rows(), relaxed).index == 1
     assert "loses to the selected 0.7000" in select(rows(), relaxed).reasons[0]
 
@@ -55,11 +57,11 @@ def test_lower_is_better_metric_across_representations():
 
 
 def test_baseline_selection_restricted_to_raw():
-    assert select(rows(), ClusteringConfig(), candidates=["raw"]).index == 3
+    assert select(rows(), ClusteringConfig(selection_metric="silhouette"), candidates=["raw"]).index == 3
 
 
 def test_fallback_when_no_partition_meets_the_floors():
-    cfg = ClusteringConfig(min_segment_share=0.05, min_stability=0.99)
+    cfg = ClusteringConfig(selection_metric="silhouette", min_segment_share=0.05, min_stability=0.99)
     selection = select(rows(), cfg)
     assert selection.index == 2  # best silhouette among those meeting the share floor
     assert "no partition met both" in selection.reasons[2]
@@ -67,11 +69,15 @@ def test_fallback_when_no_partition_meets_the_floors():
 
 def test_stability_off_skips_the_stability_floor():
     unscored = [Row("embedding", "kmeans", 4, 0.2, None, silhouette=0.3)]
-    assert select(unscored, ClusteringConfig(min_stability=0.9)).reasons[0].startswith("selected")
+    assert (
+        select(unscored, ClusteringConfig(selection_metric="silhouette", min_stability=0.9))
+        .reasons[0]
+        .startswith("selected")
+    )
 
 
 def test_no_candidate_with_the_metric_is_an_error():
     from segmentation.errors import StageError
 
-    with pytest.raises(StageError, match="no partition of \\['embedding'\\] has a silhouette"):
-        select([Row("raw", "kmeans", 4, 0.2, 0.9, silhouette=0.5)], ClusteringConfig())
+    with pytest.raises(StageError, match="no partition of \\['embedding'\\] has a silhouette_common"):
+        select([Row("raw", "kmeans", 4, 0.2, 0.9, silhouette_common=0.5)], ClusteringConfig())

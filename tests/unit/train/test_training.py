@@ -94,8 +94,11 @@ def test_petastorm_feeder_trains_a_usable_model(spark, features_table):
     cfg = features_table
     cfg.training.feeder = "petastorm"
     cfg.training.epochs = 3
+    cfg.training.max_steps_per_epoch = 2  # 38 training rows over 2 processes: batches grow from 8 to 10
     result = train.run(spark, cfg, "peta")
     assert result.details["feeder"] == "petastorm" and result.details["finished"]
+    assert result.details["batch_size"] == 10
+    assert result.details["samples_per_epoch"] == 2 * 2 * 10  # 2 steps of 10 rows in each process
     model, spec = model_io.load(train.model_path(cfg, "peta"))
     z = model.encode(torch.zeros(4, spec.input_dim))
     assert z.shape == (4, 2) and torch.isfinite(z).all()
@@ -109,3 +112,20 @@ def test_gpu_training_with_nccl(spark, features_table):
     cfg.training.num_processes = 1
     result = train.run(spark, cfg, "gpu")
     assert result.details["finished"]
+
+
+@pytest.mark.parametrize(
+    ("users", "max_steps", "expected"),
+    [
+        (1_000, 64, 256),  # few users: the configured batch
+        (100_000, 64, 704),  # 90,000 training rows / (2 processes x 64 steps), rounded up
+        (100_000, None, 256),  # growth off
+    ],
+)
+def test_batches_grow_so_an_epoch_keeps_its_step_count(users, max_steps, expected):
+    from segmentation.config import TrainingConfig
+
+    training = TrainingConfig(
+        batch_size=256, num_processes=2, validation_share=0.1, max_steps_per_epoch=max_steps
+    )
+    assert train.per_process_batch(training, users) == expected
