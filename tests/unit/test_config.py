@@ -57,6 +57,9 @@ def test_databricks_overlay_is_valid():
         ("generate.start_date=tomorrow", "generate.start_date"),
         ("clustering.restarts=0", "clustering.restarts"),
         ("clustering.init_steps=0", "clustering.init_steps"),
+        ("clustering.init_restarts=0", "clustering.init_restarts"),
+        ("clustering.init_sample_rows=10", "clustering.init_sample_rows"),
+        ("clustering.init_mode=random", "clustering.init_mode"),
         ("training.max_steps_per_epoch=0", "training.max_steps_per_epoch"),
     ],
 )
