@@ -57,6 +57,7 @@ TRAINER_SETTINGS = (
     "stop_after_epochs",
     "seed",
     "feeder",
+    "cache_mb",
     "use_gpu",
 )
 

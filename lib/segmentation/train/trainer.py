@@ -24,14 +24,14 @@ FEW_STEPS = 200  # fewer optimizer steps than this left embeddings far from conv
 def train(spec: dict) -> dict:
     """Train the autoencoder. `spec` keys: files, total_rows, feature_names, hidden_sizes,
     embedding_dim, activation, dropout, noise_std, epochs, batch_size, learning_rate, lr_schedule,
-    grad_clip, validation_share, patience, stop_after_epochs, seed, feeder, use_gpu, model_path,
+    grad_clip, validation_share, patience, stop_after_epochs, seed, feeder, cache_mb, use_gpu, model_path,
     checkpoint_path, version."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     from segmentation.train import model as model_io
-    from segmentation.train.feeders import FeedSpec, open_feeder, resolve_feeder, validation_rows
+    from segmentation.train.feeders import Feeder, FeedSpec, validation_rows
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     log = logging.getLogger("segmentation.train.trainer")
@@ -86,18 +86,19 @@ def train(spec: dict) -> dict:
     ddp = DistributedDataParallel(net) if distributed else net
     loss_fn = torch.nn.MSELoss()
 
-    feeder = resolve_feeder(spec["feeder"])
     feed = FeedSpec(
         tuple(spec["files"]), rank, world, spec["batch_size"], spec["seed"], spec["validation_share"]
     )
     held_out = torch.from_numpy(validation_rows(feed)).to(device)
+    feeder = Feeder(spec["feeder"], feed, spec["cache_mb"] << 20)
     train_rows = max(1, int(spec["total_rows"] * (1 - spec["validation_share"])))
     steps = max(1, -(-train_rows // (world * spec["batch_size"])))
     if rank == 0 and state["epoch"] == 0:
         log.info(
-            "training: %d processes, feeder %s, %d steps/epoch of %d rows, %s",
+            "training: %d processes, feeder %s (%s), %d steps/epoch of %d rows, %s",
             world,
-            feeder,
+            feeder.name,
+            "rows held in memory" if feeder.cached else "read every epoch: over training.cache_mb",
             steps,
             spec["batch_size"],
             device,
@@ -122,7 +123,7 @@ def train(spec: dict) -> dict:
         started = time.perf_counter()
         totals = torch.zeros(4, device=device)  # train loss sum, train rows, val loss sum, val rows
         ddp.train()
-        batches = open_feeder(feeder, feed, epoch)
+        batches = feeder.epoch(epoch)
         for _ in range(steps):
             x = torch.from_numpy(next(batches)).to(device)
             noisy = x + spec["noise_std"] * torch.randn_like(x) if spec["noise_std"] > 0 else x
@@ -183,7 +184,8 @@ def train(spec: dict) -> dict:
         "stopped_early": state["stopped_early"],
         "model_path": spec["model_path"],
         "world_size": world,
-        "feeder": feeder,
+        "feeder": feeder.name,
+        "feeder_cached": feeder.cached,
         "epoch_seconds": epoch_seconds,
         "batch_size": spec["batch_size"],
         "samples_per_epoch": steps * world * spec["batch_size"],

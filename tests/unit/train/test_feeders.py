@@ -76,3 +76,38 @@ def test_each_epoch_stream_is_reproducible(uneven_files):
     again = [b.tolist() for b in itertools.islice(arrow_batches(spec, epoch=3), 5)]
     other = [b.tolist() for b in itertools.islice(arrow_batches(spec, epoch=4), 5)]
     assert first == again and first != other
+
+
+@pytest.mark.parametrize("name", ["arrow"] + (["petastorm"] if petastorm_available() else []))
+def test_a_shard_that_fits_is_read_once_and_reshuffled_in_memory(name, uneven_files):
+    from segmentation.train.feeders import Feeder
+
+    per_rank = []
+    for rank in range(2):
+        spec = FeedSpec(uneven_files, rank, 2, 4, seed=3)
+        feeder = Feeder(name, spec, cache_bytes=1 << 20)
+        assert feeder.cached
+        # one pass over an epoch's stream holds every row of the shard exactly once
+        rows = len(feeder.rows)
+        first = np.concatenate(list(itertools.islice(feeder.epoch(1), rows // 4)))[:, 0]
+        assert len(set(first.tolist())) == len(first)
+        assert [b.tolist() for b in itertools.islice(feeder.epoch(1), 6)] == [
+            b.tolist() for b in itertools.islice(Feeder(name, spec, 1 << 20).epoch(1), 6)
+        ]  # the same stream on another launch: a resumed run sees what an uninterrupted one would
+        assert not np.array_equal(next(feeder.epoch(1)), next(feeder.epoch(2)))
+        per_rank.append({float(v) for v in feeder.rows[:, 0]})
+    assert not per_rank[0] & per_rank[1]
+    assert len(per_rank[0] | per_rank[1]) == 21
+
+
+def test_a_shard_over_the_cache_limit_is_streamed(uneven_files):
+    from segmentation.train.feeders import Feeder
+
+    spec = FeedSpec(uneven_files, 0, 1, 4, seed=3)
+    feeder = Feeder("arrow", spec, cache_bytes=40)  # 21 rows x 3 floats need 252 bytes
+    assert not feeder.cached
+    batches = list(itertools.islice(feeder.epoch(1), 10))
+    assert {float(v) for b in batches for v in b[:, 0]} == {
+        float(v) for v in [*range(7), *range(100, 103), *range(200, 211)]
+    }
+    assert not Feeder("arrow", spec, cache_bytes=0).cached
