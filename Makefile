@@ -22,7 +22,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest tests -m "not slow"
 
-# Not part of `make test`: about 30 minutes here. Results: docs/benchmark.json and docs/benchmark.md.
+# Not part of `make test`: about 15 minutes here. Results: docs/benchmark.json and docs/benchmark.md.
 bench: $(STAMP)
 	$(BIN)/segment bench --conf $(CONF) --out docs/benchmark.json
 
