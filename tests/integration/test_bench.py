@@ -9,6 +9,7 @@ from tests.conftest import REPO  # noqa: I001
 
 KEYS = {
     "embed_ratio_vs_torch",
+    "embed_exchange_seconds",
     "train_ratio_vs_single_process",
     "train_ratio_by_feeder",
     "train_launch_overhead_seconds",
@@ -50,6 +51,7 @@ def test_bench_smoke(tmp_path, capsys):
     assert set(results["kmeans_ratio_vs_sklearn"]) == {"3", "4"}
     assert all(v > 0 for v in results["kmeans_inertia_ratio"].values())
     assert results["embed_ratio_vs_torch"] > 0 and results["features_ratio_vs_pyarrow"] > 0
+    assert 0 < results["embed_exchange_seconds"]
     assert "arrow" in results["train_ratio_by_feeder"]
     assert 0 <= results["ari_selected"] <= 1
     table = out.with_suffix(".md").read_text()
