@@ -17,7 +17,7 @@ from pyspark.sql import SparkSession
 
 from segmentation.artifacts import publish, published
 from segmentation.config import Config, TrainingConfig
-from segmentation.errors import StageError
+from segmentation.errors import ConfigError, StageError
 from segmentation.features import load_scaler
 from segmentation.runs import StageResult
 from segmentation.spark import describe
@@ -80,7 +80,41 @@ def per_process_batch(training: TrainingConfig, total_rows: int) -> int:
     return max(training.batch_size, needed)
 
 
+def distributor_schedules_gpus(spark: SparkSession, training: TrainingConfig) -> bool:
+    """Whether TorchDistributor assigns the GPUs (`use_gpu=True`) or the processes take
+    cuda:LOCAL_RANK themselves. TorchDistributor takes GPUs only from Spark's resource scheduling:
+    `spark.task.resource.gpu.amount` on a cluster, `spark.driver.resource.gpu.*` in local mode (set
+    on Databricks GPU clusters, unset in a plain local session). Where a local session has none,
+    the training processes use the driver's GPUs directly, one each."""
+    if not training.use_gpu:
+        return False
+    if not training.local_mode:
+        if float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) < 1:
+            raise ConfigError(
+                "training.use_gpu with training.local_mode=false needs spark.task.resource.gpu.amount "
+                "of at least 1 (and executors with GPUs): set it in spark.conf or the cluster's config"
+            )
+        return True
+    if float(spark.conf.get("spark.driver.resource.gpu.amount", "0") or 0) >= 1:
+        return True
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        raise ConfigError(
+            f"training.use_gpu is true but torch {torch.__version__} sees no CUDA GPU on the driver "
+            "(training.local_mode=true trains there)"
+        )
+    if training.num_processes > visible:
+        raise ConfigError(
+            f"training.num_processes={training.num_processes} with training.use_gpu needs one GPU a "
+            f"process; the driver has {visible}"
+        )
+    return False
+
+
 def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
+    schedules_gpus = distributor_schedules_gpus(spark, cfg.training)
     store = open_store(spark, cfg.storage)
     users = store.read_or_fail(USER_FEATURES, "train")
     describe(spark, "train: plan")
@@ -116,7 +150,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     distributor = TorchDistributor(
         num_processes=cfg.training.num_processes,
         local_mode=cfg.training.local_mode,
-        use_gpu=cfg.training.use_gpu,
+        use_gpu=schedules_gpus,
     )
     # TorchDistributor prints the processes' output; it is progress, so it belongs on stderr.
     with contextlib.redirect_stdout(sys.stderr):

@@ -30,19 +30,28 @@ def train(spec: dict) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from segmentation.errors import StageError
     from segmentation.train import model as model_io
     from segmentation.train.feeders import Feeder, FeedSpec, validation_rows
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     log = logging.getLogger("segmentation.train.trainer")
 
-    use_gpu = bool(spec["use_gpu"]) and torch.cuda.is_available()
+    use_gpu = bool(spec["use_gpu"])
+    if use_gpu and not torch.cuda.is_available():
+        # Not a silent fall-back to CPU: a GPU cluster that trains on CPU looks healthy and is 10x slower.
+        raise StageError(
+            f"training.use_gpu is true but torch {torch.__version__} sees no CUDA device in this process"
+        )
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_gpu else "cpu")
+    if use_gpu:
+        # Before NCCL starts: otherwise every rank's collectives (the final barrier too) run on cuda:0.
+        torch.cuda.set_device(device)
     distributed = "WORLD_SIZE" in os.environ
     if distributed:
         dist.init_process_group(backend="nccl" if use_gpu else "gloo")
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_gpu else "cpu")
     if not use_gpu:
         # Processes on one host share its cores; torch's default (every core per process) oversubscribes.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -83,7 +92,10 @@ def train(spec: dict) -> dict:
         state = saved["state"]
         if rank == 0:
             log.info("resuming from the checkpoint after epoch %d", state["epoch"])
-    ddp = DistributedDataParallel(net) if distributed else net
+    if distributed:
+        ddp = DistributedDataParallel(net, device_ids=[device.index] if use_gpu else None)
+    else:
+        ddp = net
     loss_fn = torch.nn.MSELoss()
 
     feed = FeedSpec(
@@ -184,6 +196,7 @@ def train(spec: dict) -> dict:
         "stopped_early": state["stopped_early"],
         "model_path": spec["model_path"],
         "world_size": world,
+        "device": str(device),
         "feeder": feeder.name,
         "feeder_cached": feeder.cached,
         "epoch_seconds": epoch_seconds,

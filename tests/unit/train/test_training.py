@@ -6,11 +6,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from segmentation import train
+from segmentation.errors import ConfigError, StageError
 from segmentation.features import scaling_path
 from segmentation.features.scaling import Scaler
 from segmentation.storage import open_store
 from segmentation.storage.names import USER_FEATURES
 from segmentation.train import model as model_io
+from segmentation.train import trainer
 from segmentation.train.tracking import tracking_uri
 
 DIM = 5
@@ -107,11 +109,38 @@ def test_petastorm_feeder_trains_a_usable_model(spark, features_table):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_training_with_nccl(spark, features_table):
+    """A plain local session has no Spark GPU resources: the process takes the driver's GPU itself."""
     cfg = features_table
     cfg.training.use_gpu = True
     cfg.training.num_processes = 1
     result = train.run(spark, cfg, "gpu")
-    assert result.details["finished"]
+    assert result.details["finished"] and result.details["device"] == "cuda:0"
+    assert result.details["losses"][-1] < result.details["losses"][0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_use_gpu_without_a_gpu_fails_before_training(spark, features_table):
+    cfg = features_table
+    cfg.training.use_gpu = True
+    with pytest.raises(ConfigError, match="sees no CUDA GPU on the driver"):
+        train.run(spark, cfg, "nogpu")
+    assert not train.checkpoint_path(cfg, "nogpu").exists()
+
+
+def test_use_gpu_on_a_cluster_needs_spark_gpu_scheduling(spark, features_table):
+    cfg = features_table
+    cfg.training.use_gpu = True
+    cfg.training.local_mode = False
+    with pytest.raises(ConfigError, match="spark.task.resource.gpu.amount"):
+        train.run(spark, cfg, "cluster")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_a_training_process_without_a_gpu_refuses_use_gpu(tmp_path):
+    """No silent fall-back to CPU inside a process TorchDistributor started without a GPU."""
+    spec = {"use_gpu": True, "checkpoint_path": str(tmp_path / "c.pt")}
+    with pytest.raises(StageError, match="sees no CUDA device in this process"):
+        trainer.train(spec)
 
 
 @pytest.mark.parametrize(
