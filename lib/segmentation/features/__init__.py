@@ -39,7 +39,12 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         if as_of is None:
             raise StageError("events_silver is empty: nothing to build features from")
     # A user with any bot-flagged event is left out (incremental ingest re-flags only the days it rewrites).
-    bots = silver.where(F.col("is_bot")).select("user_id").distinct()
+    describe(spark, "features: bot users")
+    bots = silver.where(F.col("is_bot")).select("user_id").distinct().cache()
+    n_bots = bots.count()
+    # Materialized, the bot list has a known size: where it is under spark.sql.autoBroadcastJoinThreshold
+    # (10 MB, ~300k ids) Spark broadcasts it, so the events are neither shuffled nor sorted for the
+    # anti-join and the aggregations below combine partial sums before their shuffles.
     events = silver.join(bots, "user_id", "left_anti").where(F.col("event_time") <= F.lit(as_of))
     if cfg.features.lookback_days:
         events = events.where(
@@ -73,12 +78,15 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         excluded = _excluded_users(silver, as_of, n_users)
     finally:
         users.unpersist()
+        bots.unpersist()
     log.info(
-        "features: %d users x %d features (as of %s); %d users left out (bots or too few events); dropped constant: %s",
+        "features: %d users x %d features (as of %s); %d users left out (%d bot users in silver, "
+        "too few events or none in the lookback); dropped constant: %s",
         n_users,
         len(scaler.feature_names),
         as_of,
         excluded,
+        n_bots,
         scaler.dropped_constant,
     )
     return StageResult(
@@ -89,6 +97,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
             "features": scaler.feature_names,
             "dropped_constant": scaler.dropped_constant,
             "users_excluded": excluded,
+            "bot_users_excluded": n_bots,
         },
     )
 

@@ -192,6 +192,19 @@ def test_lookback_and_min_events_exclude_users(spark, cfg, store):
     assert result.details["users_excluded"] == 1
 
 
+def test_a_user_with_any_bot_event_is_left_out_of_features_and_vocabulary(spark, cfg, store):
+    bot = [
+        dict(user_id="u9", event_time=at(2 + i, 3), event_type="view", category="spam", session_id=f"b{i}")
+        for i in range(5)
+    ]
+    bot[0]["is_bot"] = True  # one flagged event is enough
+    write_silver(spark, store, SHOP + bot)
+    result = features.run(spark, cfg, "f5")
+    assert {r.user_id for r in store.read(USER_FEATURES).collect()} == {"u1", "u2"}
+    assert result.details["bot_users_excluded"] == 1 and result.details["users_excluded"] == 1
+    assert "spam" not in load_scaler(cfg, "f5").vocabulary["categories"]
+
+
 def test_feature_dictionary_in_the_docs_is_current():
     assert (REPO / "docs" / "features.md").read_text() == render(), (
         "run: python -m segmentation.features.dictionary > docs/features.md"
