@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from importlib import resources
 
 from pyspark import SparkConf, SparkContext
@@ -86,3 +87,31 @@ def _apply_required(spark: SparkSession) -> None:
 def describe(spark: SparkSession, text: str) -> None:
     """Name the Spark jobs that follow, so the Spark UI reads like the pipeline."""
     spark.sparkContext.setJobDescription(text)
+
+
+class Phases:
+    """A stage's phases: each names the Spark jobs that follow (as `describe`) and is timed until the
+    next begins, so the stage's details and log say where its time went."""
+
+    def __init__(self, spark: SparkSession, stage: str) -> None:
+        self.spark, self.stage = spark, stage
+        self.seconds: dict[str, float] = {}
+        self._current: str | None = None
+        self._started = 0.0
+
+    def __call__(self, phase: str) -> None:
+        self._close()
+        describe(self.spark, f"{self.stage}: {phase}")
+        self._current, self._started = phase, time.perf_counter()
+
+    def done(self) -> dict[str, float]:
+        """Seconds per phase, the last one closed now."""
+        self._close()
+        log.info("%s: seconds by phase %s", self.stage, self.seconds)
+        return dict(self.seconds)
+
+    def _close(self) -> None:
+        if self._current is not None:
+            elapsed = time.perf_counter() - self._started
+            self.seconds[self._current] = round(self.seconds.get(self._current, 0.0) + elapsed, 2)
+            self._current = None

@@ -14,6 +14,8 @@ KEYS = {
     "train_ratio_by_feeder",
     "train_launch_overhead_seconds",
     "features_ratio_vs_pyarrow",
+    "features_phase_seconds",
+    "train_one_thread_samples_per_s",
     "kmeans_ratio_vs_sklearn",
     "kmeans_inertia_ratio",
     "e2e_seconds",
@@ -54,6 +56,11 @@ def test_bench_smoke(tmp_path, capsys):
     assert 0 < results["embed_exchange_seconds"]
     assert "arrow" in results["train_ratio_by_feeder"]
     assert 0 <= results["ari_selected"] <= 1
+    assert "per-user aggregation and scaling statistics" in results["features_phase_seconds"]
     table = out.with_suffix(".md").read_text()
     assert "| `embed_ratio_vs_torch` |" in table and "cores" in table
+    missed = [key for key, t in results["targets"].items() if t["met"] is False]
+    assert missed  # tiny sizes miss several; each gets its measured cause
+    for key in missed:
+        assert f"- `{key}`: " in table
     assert "embed_ratio_vs_torch" in capsys.readouterr().out

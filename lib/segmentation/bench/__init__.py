@@ -142,12 +142,13 @@ def features_vs_pyarrow(spark: SparkSession, cfg: Config, repeats: int) -> dict:
     from segmentation.features.aggregates import vocabulary
 
     silver_path = str(Path(cfg.storage.root) / "events_silver")
-    spark_seconds, arrow_seconds = [], []
+    spark_seconds, arrow_seconds, phases = [], [], []
     for i in range(repeats):
         describe(spark, f"bench: features stage {i + 1}/{repeats}")
         started = time.perf_counter()
-        features.run(spark, cfg, f"bench-features-{i}")
+        result = features.run(spark, cfg, f"bench-features-{i}")
         spark_seconds.append(time.perf_counter() - started)
+        phases.append(result.details["phase_seconds"])
     vocab = vocabulary(
         _store(spark, cfg).read("events_silver"), cfg.features.top_categories, cfg.features.top_devices
     )
@@ -167,6 +168,7 @@ def features_vs_pyarrow(spark: SparkSession, cfg: Config, repeats: int) -> dict:
         "features_pyarrow_seconds": median(arrow_seconds),
         "features_ratio_vs_pyarrow": median(spark_seconds) / median(arrow_seconds),
         "features_events": events.num_rows,
+        "features_phase_seconds": {name: median([p[name] for p in phases]) for name in phases[0]},
     }
 
 
@@ -204,12 +206,26 @@ def training_vs_single_process(spark: SparkSession, cfg: Config, epochs: int) ->
         epochs,
     )
     single_rate = len(rows) / median(single[1:])
+    # The distributed run's processes each have one thread: how fast one such process goes tells
+    # lockstep and gradient exchange (two of them short of twice this) from torch's own threading.
+    one_thread = peers.torch_train_epoch_seconds(
+        rows,
+        tuple(settings.hidden_sizes),
+        settings.embedding_dim,
+        batch_size,
+        settings.learning_rate,
+        epochs,
+        threads=1,
+    )
+    one_thread_rate = len(rows) / median(one_thread[1:])
     default = resolve_feeder(cfg.training.feeder)
     ratios = {feeder: rate / single_rate for feeder, rate in by_feeder.items()}
     log.info("bench: training samples/s %s vs single process %.0f", by_feeder, single_rate)
     return {
         "train_samples_per_s": by_feeder,
         "train_single_process_samples_per_s": single_rate,
+        "train_one_thread_samples_per_s": one_thread_rate,
+        "train_processes": cfg.training.num_processes,
         "train_ratio_by_feeder": ratios,
         "train_ratio_vs_single_process": ratios.get(default, next(iter(ratios.values()))),
         "train_default_feeder": default,
@@ -428,6 +444,13 @@ def markdown(results: dict) -> str:
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
         lines.append(f"| `{key}` | {shown} | {t['target']} | {met} |")
+    causes = [
+        f"- `{key}`: {_dominant_cost(key, results)}"
+        for key, t in results["targets"].items()
+        if t["met"] is False
+    ]
+    if causes:
+        lines += ["", "Missed, and what dominates the cost (measured in this run):", "", *causes]
     lines += ["", "Details:", ""]
     lines.append(
         f"- end to end seconds by events: {_fmt(results['e2e_seconds'])}; events read "
@@ -444,7 +467,9 @@ def markdown(results: dict) -> str:
         f"- training samples/s by feeder {_fmt(results['train_samples_per_s'], 0)} vs single "
         f"process {results['train_single_process_samples_per_s']:.0f}; ratios "
         f"{_fmt(results['train_ratio_by_feeder'])}; launch overhead s "
-        f"{_fmt(results['train_launch_overhead_seconds'], 1)}"
+        f"{_fmt(results['train_launch_overhead_seconds'], 1)}; one process at one thread "
+        f"{results['train_one_thread_samples_per_s']:.0f}, so {results['train_processes']} such processes "
+        f"in perfect step would make {results['train_processes'] * results['train_one_thread_samples_per_s']:.0f}"
     )
     lines.append(
         f"- embed rows/s {results['embed_rows_per_s']:.0f} ({results['embed_method']}) vs torch "
@@ -454,11 +479,38 @@ def markdown(results: dict) -> str:
     )
     lines.append(
         f"- features {results['features_seconds']:.2f} s vs pyarrow "
-        f"{results['features_pyarrow_seconds']:.2f} s ({results['features_events']} events)"
+        f"{results['features_pyarrow_seconds']:.2f} s ({results['features_events']} events); the stage's "
+        f"seconds by phase: {_fmt(results['features_phase_seconds'])}"
     )
     lines.append(f"- ARI vs planted truth by size: {results['ari_by_size']}")
     lines.append(f"- whole benchmark: {results['bench_seconds']:.0f} s")
     return "\n".join(lines) + "\n"
+
+
+def _dominant_cost(key: str, results: dict) -> str:
+    """For a missed target, the measurement of this run that says where its time goes."""
+    if key == "embed_ratio_vs_torch":
+        return (
+            f"handing the rows from Spark to Python and back: {results['embed_exchange_seconds']:.2f} s with "
+            f"no model at all, against {results['embed_seconds']:.2f} s for the whole embed step"
+        )
+    if key == "train_ratio_vs_single_process":
+        processes, one = results["train_processes"], results["train_one_thread_samples_per_s"]
+        reached = results["train_samples_per_s"][results["train_default_feeder"]]
+        return (
+            f"lockstep and gradient exchange between the {processes} one-thread processes: together they "
+            f"reached {reached:.0f} samples/s, {reached / (processes * one):.0%} of {processes} x one "
+            f"one-thread process ({one:.0f}); one process using all {results['machine']['cores']} cores "
+            f"made {results['train_single_process_samples_per_s']:.0f}"
+        )
+    if key == "features_ratio_vs_pyarrow":
+        phases = results["features_phase_seconds"]
+        top = max(phases, key=phases.get)
+        return (
+            f"the phase '{top}': {phases[top]:.1f} s of the stage's {results['features_seconds']:.1f} s "
+            f"(pyarrow's whole peer: {results['features_pyarrow_seconds']:.1f} s)"
+        )
+    return "see the details below"
 
 
 def _fmt(values: dict, digits: int = 2) -> str:

@@ -33,14 +33,22 @@ def torch_embed_seconds(model_path: str, rows: np.ndarray, batch_size: int) -> f
 
 
 def torch_train_epoch_seconds(
-    rows: np.ndarray, hidden: tuple[int, ...], dim: int, batch_size: int, lr: float, epochs: int
+    rows: np.ndarray,
+    hidden: tuple[int, ...],
+    dim: int,
+    batch_size: int,
+    lr: float,
+    epochs: int,
+    threads: int | None = None,
 ) -> list[float]:
-    """Per-epoch seconds of a single-process torch loop training the same autoencoder on `rows`."""
+    """Per-epoch seconds of a single-process torch loop training the same autoencoder on `rows`, with
+    `threads` (default: every core)."""
     import torch
 
     from segmentation.train.model import Autoencoder
 
-    torch.set_num_threads(_cores())
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or _cores())
     torch.manual_seed(0)
     net = Autoencoder(rows.shape[1], hidden, dim)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
@@ -56,6 +64,7 @@ def torch_train_epoch_seconds(
             loss_fn(net(x), x).backward()
             optimizer.step()
         seconds.append(time.perf_counter() - started)
+    torch.set_num_threads(previous)
     return seconds
 
 

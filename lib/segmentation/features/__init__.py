@@ -15,7 +15,7 @@ from segmentation.errors import StageError
 from segmentation.features.aggregates import feature_specs, user_features, vocabulary
 from segmentation.features.scaling import Scaler, fit_scaler
 from segmentation.runs import StageResult
-from segmentation.spark import describe
+from segmentation.spark import Phases
 from segmentation.storage import open_store
 from segmentation.storage.names import EVENTS_SILVER, USER_FEATURES
 
@@ -30,7 +30,8 @@ def scaling_path(cfg: Config, run_id: str) -> Path:
 def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     store = open_store(spark, cfg.storage)
     silver = store.read_or_fail(EVENTS_SILVER, "features")
-    describe(spark, "features: as_of and window")
+    phase = Phases(spark, "features")
+    phase("as_of and window")
     if cfg.features.as_of:
         as_of = dt.datetime.fromisoformat(cfg.features.as_of)
         as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=dt.UTC)
@@ -39,7 +40,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         if as_of is None:
             raise StageError("events_silver is empty: nothing to build features from")
     # A user with any bot-flagged event is left out (incremental ingest re-flags only the days it rewrites).
-    describe(spark, "features: bot users")
+    phase("bot users")
     bots = silver.where(F.col("is_bot")).select("user_id").distinct().cache()
     n_bots = bots.count()
     # Materialized, the bot list has a known size: where it is under spark.sql.autoBroadcastJoinThreshold
@@ -51,11 +52,11 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
             F.col("event_time") > F.lit(as_of - dt.timedelta(days=cfg.features.lookback_days))
         )
 
-    describe(spark, "features: vocabulary")
+    phase("vocabulary")
     vocab = vocabulary(events, cfg.features.top_categories, cfg.features.top_devices)
     specs = feature_specs(vocab)
     names = [s.name for s in specs]
-    describe(spark, "features: per-user aggregation")
+    phase("per-user aggregation and scaling statistics")
     users = user_features(events, vocab, F.lit(as_of).cast("timestamp"), cfg.features.timezone)
     users = users.where(F.col("n_events") >= cfg.features.min_events).cache()
     try:
@@ -71,14 +72,17 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         )
         # At least a few files, so every training process gets a share to read.
         partitions = max(2 * cfg.training.num_processes, spark.sparkContext.defaultParallelism)
-        describe(spark, "features: write user_features")
+        phase("write user_features")
         store.overwrite(out.repartition(partitions), USER_FEATURES)
         scaler.save(scaling_path(cfg, run_id))
+        phase("counts")
         n_users = store.read(USER_FEATURES).count()
         excluded = _excluded_users(silver, as_of, n_users)
+        n_events = silver.count()
     finally:
         users.unpersist()
         bots.unpersist()
+    seconds = phase.done()
     log.info(
         "features: %d users x %d features (as of %s); %d users left out (%d bot users in silver, "
         "too few events or none in the lookback); dropped constant: %s",
@@ -90,7 +94,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         scaler.dropped_constant,
     )
     return StageResult(
-        rows_in=silver.count(),
+        rows_in=n_events,
         rows_out=n_users,
         details={
             "as_of": as_of.isoformat(),
@@ -98,6 +102,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
             "dropped_constant": scaler.dropped_constant,
             "users_excluded": excluded,
             "bot_users_excluded": n_bots,
+            "phase_seconds": seconds,
         },
     )
 

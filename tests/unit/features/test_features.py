@@ -202,6 +202,14 @@ def test_a_user_with_any_bot_event_is_left_out_of_features_and_vocabulary(spark,
     result = features.run(spark, cfg, "f5")
     assert {r.user_id for r in store.read(USER_FEATURES).collect()} == {"u1", "u2"}
     assert result.details["bot_users_excluded"] == 1 and result.details["users_excluded"] == 1
+    assert list(result.details["phase_seconds"]) == [
+        "as_of and window",
+        "bot users",
+        "vocabulary",
+        "per-user aggregation and scaling statistics",
+        "write user_features",
+        "counts",
+    ]
     assert "spam" not in load_scaler(cfg, "f5").vocabulary["categories"]
 
 
