@@ -197,27 +197,23 @@ def training_vs_single_process(spark: SparkSession, cfg: Config, epochs: int) ->
         DeltaTable(str(Path(cfg.storage.root) / "user_features")).to_pandas(columns=["features"])["features"]
     ).astype(np.float32)
     rows = rows[: max(1, int(len(rows) * (1 - settings.validation_share)))]
-    single = peers.torch_train_epoch_seconds(
-        rows,
-        tuple(settings.hidden_sizes),
-        settings.embedding_dim,
-        batch_size,
-        settings.learning_rate,
-        epochs,
-    )
-    single_rate = len(rows) / median(single[1:])
+
+    def peer_rate(threads: int | None) -> float:
+        seconds = peers.torch_train_epoch_seconds(
+            rows,
+            tuple(settings.hidden_sizes),
+            settings.embedding_dim,
+            batch_size,
+            settings.learning_rate,
+            epochs,
+            threads,
+        )
+        return len(rows) / median(seconds[1:])
+
+    single_rate = peer_rate(None)
     # The distributed run's processes each have one thread: how fast one such process goes tells
     # lockstep and gradient exchange (two of them short of twice this) from torch's own threading.
-    one_thread = peers.torch_train_epoch_seconds(
-        rows,
-        tuple(settings.hidden_sizes),
-        settings.embedding_dim,
-        batch_size,
-        settings.learning_rate,
-        epochs,
-        threads=1,
-    )
-    one_thread_rate = len(rows) / median(one_thread[1:])
+    one_thread_rate = peer_rate(1)
     default = resolve_feeder(cfg.training.feeder)
     ratios = {feeder: rate / single_rate for feeder, rate in by_feeder.items()}
     log.info("bench: training samples/s %s vs single process %.0f", by_feeder, single_rate)
