@@ -494,10 +494,11 @@ def _dominant_cost(key: str, results: dict) -> str:
         processes, one = results["train_processes"], results["train_one_thread_samples_per_s"]
         reached = results["train_samples_per_s"][results["train_default_feeder"]]
         return (
-            f"lockstep and gradient exchange between the {processes} one-thread processes: together they "
-            f"reached {reached:.0f} samples/s, {reached / (processes * one):.0%} of {processes} x one "
-            f"one-thread process ({one:.0f}); one process using all {results['machine']['cores']} cores "
-            f"made {results['train_single_process_samples_per_s']:.0f}"
+            f"the {processes} one-thread training processes together reached {reached:.0f} samples/s, "
+            f"{reached / (processes * one):.0%} of {processes} times one one-thread torch loop ({one:.0f}); "
+            "the rest goes to DDP's lockstep and gradient exchange, the loop's per-step extras (gradient "
+            "clipping, loss totals) and the Spark driver on the same cores. One process on all "
+            f"{results['machine']['cores']} cores made {results['train_single_process_samples_per_s']:.0f}"
         )
     if key == "features_ratio_vs_pyarrow":
         phases = results["features_phase_seconds"]
