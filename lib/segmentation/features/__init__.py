@@ -42,24 +42,25 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     # A user with any bot-flagged event is left out (incremental ingest re-flags only the days it rewrites).
     phase("bot users")
     bots = silver.where(F.col("is_bot")).select("user_id").distinct().cache()
-    n_bots = bots.count()
-    # Materialized, the bot list has a known size: where it is under spark.sql.autoBroadcastJoinThreshold
-    # (10 MB, ~300k ids) Spark broadcasts it, so the events are neither shuffled nor sorted for the
-    # anti-join and the aggregations below combine partial sums before their shuffles.
-    events = silver.join(bots, "user_id", "left_anti").where(F.col("event_time") <= F.lit(as_of))
-    if cfg.features.lookback_days:
-        events = events.where(
-            F.col("event_time") > F.lit(as_of - dt.timedelta(days=cfg.features.lookback_days))
-        )
-
-    phase("vocabulary")
-    vocab = vocabulary(events, cfg.features.top_categories, cfg.features.top_devices)
-    specs = feature_specs(vocab)
-    names = [s.name for s in specs]
-    phase("per-user aggregation and scaling statistics")
-    users = user_features(events, vocab, F.lit(as_of).cast("timestamp"), cfg.features.timezone)
-    users = users.where(F.col("n_events") >= cfg.features.min_events).cache()
+    users = None
     try:
+        n_bots = bots.count()
+        # Materialized, the bot list has a known size: under spark.sql.autoBroadcastJoinThreshold
+        # (10 MB, ~300k ids) Spark broadcasts it, so no event is shuffled or sorted for the anti-join
+        # and the vocabulary's counts combine before their shuffle.
+        events = silver.join(bots, "user_id", "left_anti").where(F.col("event_time") <= F.lit(as_of))
+        if cfg.features.lookback_days:
+            events = events.where(
+                F.col("event_time") > F.lit(as_of - dt.timedelta(days=cfg.features.lookback_days))
+            )
+
+        phase("vocabulary")
+        vocab = vocabulary(events, cfg.features.top_categories, cfg.features.top_devices)
+        specs = feature_specs(vocab)
+        names = [s.name for s in specs]
+        phase("per-user aggregation and scaling statistics")
+        users = user_features(events, vocab, F.lit(as_of).cast("timestamp"), cfg.features.timezone)
+        users = users.where(F.col("n_events") >= cfg.features.min_events).cache()
         scaler = fit_scaler(
             users, names, [s.log1p for s in specs], cfg.features.clip_std, run_id, asdict(vocab)
         )
@@ -80,8 +81,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         excluded = _excluded_users(silver, as_of, n_users)
         n_events = silver.count()
     finally:
-        users.unpersist()
         bots.unpersist()
+        if users is not None:
+            users.unpersist()
     seconds = phase.done()
     log.info(
         "features: %d users x %d features (as of %s); %d users left out (%d bot users in silver, "
