@@ -5,11 +5,12 @@ STAMP  := $(VENV)/.setup-done
 CONF   ?= conf/local.yaml
 DEMO_USERS ?= 20000
 
-.PHONY: setup demo test test-fast bench lint docs lock clean
+.PHONY: setup demo test test-fast bench lint docs lock clean cluster-up cluster-down wheel
 
 setup: $(STAMP)
 
-$(STAMP): requirements/dev.lock requirements/test.lock pyproject.toml scripts/setup.sh
+$(STAMP): requirements/dev.lock requirements/test.lock requirements/delta-jars.lock pyproject.toml \
+          scripts/setup.sh scripts/spark-submit.sh scripts/fetch_jars.py
 	bash scripts/setup.sh
 
 demo: $(STAMP)
@@ -38,5 +39,21 @@ lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | grep -v '^ruff==\|^pytest==\|^iniconfig==\|^pluggy==' \
 	  | sed 's/^torch==.*/torch==2.13.0/' > requirements/dev.lock.new && mv requirements/dev.lock.new requirements/dev.lock
 
+# A Spark standalone master and two workers (1 core, 2 GiB each) on 127.0.0.1, from the venv's Spark;
+# `cluster-up` prints the master URL to pass to spark-submit --master. README "Run on a cluster".
+cluster-up: $(STAMP)
+	$(BIN)/python -m segmentation.standalone up --dir data/cluster
+
+cluster-down:
+	$(BIN)/python -m segmentation.standalone down --dir data/cluster
+
+# The package as a wheel (dist/), for pip and Databricks libraries, and the same file as
+# dist/deep_user_segmentation.zip for spark-submit --py-files: PySpark puts --py-files on executors'
+# sys.path only for .zip, .egg and .jar names (a pure-Python wheel is a zip of the package).
+wheel: $(STAMP)
+	rm -f dist/deep_user_segmentation-*.whl dist/deep_user_segmentation.zip
+	$(BIN)/pip wheel --quiet --no-deps -w dist .
+	cp dist/deep_user_segmentation-*.whl dist/deep_user_segmentation.zip
+
 clean:
-	rm -rf data spark-warehouse metastore_db .pytest_cache
+	rm -rf data dist build spark-warehouse metastore_db .pytest_cache

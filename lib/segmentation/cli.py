@@ -27,6 +27,7 @@ STAGES = (
     "report",
     "run",
     "assign",
+    "maintain",
     "sql",
     "bench",
 )
@@ -34,7 +35,16 @@ NOT_YET = {"assign": "no issue yet; `cluster` already saves the model it needs u
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segment", description="Deep user segmentation on Spark.")
+    parser = argparse.ArgumentParser(
+        prog="segment",
+        description="Deep user segmentation on Spark.",
+        epilog=(
+            "--conf here takes the product's YAML config file, never a Spark setting. Under spark-submit, "
+            "Spark's own --conf key=value goes before the job file and the product's --conf FILE after "
+            "it: spark-submit --conf spark.executor.memory=4g jobs/run.py --conf conf/local.yaml. Spark "
+            "settings can also live in the YAML, under spark.conf."
+        ),
+    )
     parser.add_argument("stage", choices=STAGES, help="stage to run; 'run' runs ingest through report")
     parser.add_argument("query", nargs="?", help="SQL query (stage 'sql' only)")
     parser.add_argument(
@@ -42,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="YAML overlay on conf/base.yaml; repeatable, later files win",
+        help=(
+            "the product's YAML config, overlaid on the defaults inside the package; repeatable, later "
+            "files win (not a Spark setting: those go under spark.conf in the YAML)"
+        ),
     )
     parser.add_argument(
         "--set",

@@ -1,7 +1,7 @@
 """Typed configuration: defaults, YAML overlays and `--set key=value`, validated at start-up.
 
-Order (DESIGN.md §3): the defaults below, then `conf/base.yaml` (which states every default with a
-comment; a test keeps the two equal), then each `--conf` file in turn, then each `--set`. Mappings merge
+Order (DESIGN.md §3): the defaults below, then the package's `resources/base.yaml` (which states every
+default with a comment; a test keeps the two equal), then each `--conf` file in turn, then each `--set`. Mappings merge
 deeply; lists and scalars replace. An unknown key or a value of the wrong type is a `ConfigError`
 naming the dotted key.
 """
@@ -15,6 +15,7 @@ import types
 import typing
 import zoneinfo
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -216,6 +217,15 @@ class PrivacyConfig:
 
 
 @dataclass
+class MaintainConfig:
+    tables: list[str] = field(default_factory=list)
+    purge_deletion_vectors: bool = True
+    optimize: bool = True
+    vacuum_retain_hours: float | None = 168.0
+    allow_short_retention: bool = False
+
+
+@dataclass
 class BenchConfig:
     work_dir: str = "./data/bench"
     e2e_events: list[int] = field(default_factory=lambda: [1_000_000, 2_000_000, 4_000_000])
@@ -225,6 +235,9 @@ class BenchConfig:
     kmeans_rows: int = 1_000_000
     kmeans_dim: int = 16
     kmeans_k: list[int] = field(default_factory=lambda: [8, 32])
+    # The first size's logs again through spark-submit on a standalone cluster on this machine (two
+    # 1-core workers; training on the executors), stage by stage beside the local run.
+    cluster: bool = True
 
 
 @dataclass
@@ -240,6 +253,7 @@ class Config:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    maintain: MaintainConfig = field(default_factory=MaintainConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     @property
@@ -251,16 +265,16 @@ class Config:
         return dataclasses.asdict(self)
 
 
-BASE_CONF = Path(__file__).resolve().parents[2] / "conf" / "base.yaml"
+BASE_CONF = resources.files("segmentation") / "resources" / "base.yaml"
+"""Every default with a comment; inside the package, so a wheel (on Databricks, in --py-files) has it."""
 
 
 def load_config(
     conf_files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
     """Build a validated `Config` from base.yaml, the overlays in order, then `key=value` overrides."""
-    merged: dict[str, Any] = {}
-    layers = ([str(BASE_CONF)] if BASE_CONF.is_file() else []) + list(conf_files)
-    for path in layers:
+    merged = _parse_yaml(BASE_CONF.read_text(), "the package's base.yaml")
+    for path in conf_files:
         merged = deep_merge(merged, _read_yaml(path))
     for item in overrides:
         merged = deep_merge(merged, parse_override(item))
@@ -306,13 +320,23 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 def _read_yaml(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        hint = ""
+        if "=" in p.name:
+            hint = (
+                " (--conf after the job file takes the product's YAML config; Spark settings go before "
+                "the job file as spark-submit's --conf key=value, or in the YAML under spark.conf)"
+            )
+        raise ConfigError(f"config file not found: {path}{hint}")
+    return _parse_yaml(p.read_text(), f"config file {path}")
+
+
+def _parse_yaml(text: str, what: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        raise ConfigError(f"{what} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(f"{what} must hold a mapping at the top level")
     return data
 
 
@@ -531,6 +555,18 @@ def _check_values(cfg: Config) -> None:
         (cfg.privacy.secret_scope is None) == (cfg.privacy.secret_key is None),
         "privacy.secret_key",
         "and privacy.secret_scope go together (a Databricks secret)",
+    )
+    from segmentation.storage.names import ALL_TABLES  # the storage package imports this module
+
+    for name in cfg.maintain.tables:
+        _require(name in ALL_TABLES, "maintain.tables", f"lists {name!r}, not a product table")
+    retain = cfg.maintain.vacuum_retain_hours
+    _require(retain is None or retain >= 0, "maintain.vacuum_retain_hours", "must not be negative")
+    _require(
+        retain is None or retain >= 168 or cfg.maintain.allow_short_retention,
+        "maintain.vacuum_retain_hours",
+        "under 168 (a week) can delete files a running job or a time-travel query still reads; set "
+        "maintain.allow_short_retention: true to accept that",
     )
     if cfg.input.format == "text":
         _require(cfg.input.pattern is not None, "input.pattern", "is required when input.format is text")

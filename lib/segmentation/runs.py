@@ -57,13 +57,10 @@ def record_stage(
         result.rows_duplicate,
         json.dumps(result.details, default=str, sort_keys=True),
     )
-    new = spark.createDataFrame([row], PIPELINE_RUNS_SCHEMA)
-    if store.exists(PIPELINE_RUNS):
-        # The run's partition is rewritten with this stage's row replaced: one row per (run, stage).
-        others = store.read(PIPELINE_RUNS).where((F.col("run_id") == run_id) & (F.col("stage") != stage))
-        store.overwrite_partitions(others.unionByName(new), PIPELINE_RUNS, ["run_id"])
-    else:
-        store.overwrite(new, PIPELINE_RUNS, ["run_id"])
+    # An upsert: one row per (run, stage), the latest attempt's.
+    store.merge(
+        spark.createDataFrame([row], PIPELINE_RUNS_SCHEMA), PIPELINE_RUNS, ["run_id", "stage"], ["run_id"]
+    )
 
 
 def completed_stages(store: TableStore, run_id: str) -> set[str]:

@@ -24,6 +24,9 @@ KEYS = {
     "ari_raw_baseline",
     "machine",
     "targets",
+    "cluster_seconds",
+    "cluster_stage_seconds",
+    "cluster_ratio_vs_local",
 }
 
 
@@ -57,6 +60,9 @@ def test_bench_smoke(tmp_path, capsys):
     assert "arrow" in results["train_ratio_by_feeder"]
     assert 0 <= results["ari_selected"] <= 1
     assert "per-user aggregation and scaling statistics" in results["features_phase_seconds"]
+    stages = {"ingest", "features", "train", "embed", "cluster", "report"}
+    assert set(results["cluster_stage_seconds"]) == stages  # the same logs on the standalone cluster
+    assert set(results["cluster_stage_ratio_vs_local"]) == stages
     table = out.with_suffix(".md").read_text()
     assert "| `embed_ratio_vs_torch` |" in table and "cores" in table
     missed = [key for key, t in results["targets"].items() if t["met"] is False]

@@ -14,7 +14,7 @@ from segmentation.cli import main
 from segmentation.generate import truth_path
 from segmentation.storage import open_store
 from segmentation.storage.names import PIPELINE_RUNS
-from tests.conftest import REPO, make_config
+from tests.conftest import REPO
 
 CONTRACT = {
     "events_bronze": {"raw_record", "source_file", "run_id"},
@@ -74,37 +74,9 @@ def spark_submit(job: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
-@pytest.fixture(scope="module")
-def pipeline(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    args = [
-        "--conf",
-        str(REPO / "conf" / "local.yaml"),
-        "--set",
-        f"storage.root={root / 'lake'}",
-        "--set",
-        f"input.path={root / 'raw'}",
-        "--set",
-        f"report.path={root / 'reports'}",
-        "--set",
-        "generate.users=2000",
-        "--set",
-        "clustering.k=[4, 5]",
-        "--set",
-        "training.epochs=8",
-        "--set",
-        "training.batch_size=32",  # 2k users: small batches give the autoencoder enough steps
-    ]
-    cfg = make_config(root, "generate.users=2000")
-    return root, args, cfg
-
-
 @pytest.mark.slow
-def test_segment_run_end_to_end(spark, pipeline, capsys):
-    root, args, cfg = pipeline
-    assert main(["generate", *args]) == 0
-    assert main(["run", *args]) == 0
-    out = capsys.readouterr().out
+def test_segment_run_end_to_end(spark, lake, capsys):
+    root, args, cfg, out = lake.root, lake.args, lake.cfg, lake.out
     run_id = re.search(r"^run (\S+): (\d+) users in (\d+) segments", out, re.M).group(1)
     report = Path(re.search(r"^report: (.+)$", out, re.M).group(1))
     assert report.is_file() and "Clustering evaluation" in report.read_text()
@@ -171,9 +143,8 @@ def test_segment_run_end_to_end(spark, pipeline, capsys):
 
 
 @pytest.mark.slow
-def test_spark_submit_job_fails_with_one_line_reason(pipeline):
-    _, args, _ = pipeline
-    proc = spark_submit("features.py", *args, "--set", "features.min_events=0")
+def test_spark_submit_job_fails_with_one_line_reason(lake):
+    proc = spark_submit("features.py", *lake.args, "--set", "features.min_events=0")
     assert proc.returncode != 0
     # spark-submit merges the Python driver's stderr into its stdout.
     assert "error: config key 'features.min_events'" in proc.stdout + proc.stderr

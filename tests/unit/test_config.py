@@ -61,11 +61,24 @@ def test_databricks_overlay_is_valid():
         ("clustering.init_sample_rows=10", "clustering.init_sample_rows"),
         ("clustering.init_mode=random", "clustering.init_mode"),
         ("training.max_steps_per_epoch=0", "training.max_steps_per_epoch"),
+        ("maintain.vacuum_retain_hours=1", "maintain.vacuum_retain_hours"),
+        ("maintain.tables=[users]", "maintain.tables"),
     ],
 )
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
         load_config([], [override])
+
+
+def test_a_spark_setting_given_as_a_config_file_says_where_it_belongs():
+    with pytest.raises(ConfigError, match="Spark settings go before the job file"):
+        load_config(["spark.executor.memory=4g"])
+
+
+def test_defaults_come_from_inside_the_package():
+    # A wheel (Databricks, spark-submit --py-files) has no source tree: base.yaml must ship in the package.
+    assert "site-packages" in str(BASE_CONF) or "lib/segmentation/resources" in str(BASE_CONF)
+    assert load_config([], ["maintain.vacuum_retain_hours=1", "maintain.allow_short_retention=true"])
 
 
 def test_int_is_accepted_where_a_number_is_expected():

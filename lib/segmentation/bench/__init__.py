@@ -53,6 +53,8 @@ def run(spark: SparkSession, cfg: Config, out: Path) -> dict:
     results.update(training_vs_single_process(spark, largest, cfg.bench.train_epochs))
     results.update(embedding_vs_torch(spark, largest, work, cfg.bench.embed_rows, cfg.bench.repeats))
     results.update(kmeans_vs_sklearn(spark, cfg, work))
+    if cfg.bench.cluster:
+        results.update(cluster_vs_local(spark, cfg, work, results))
     results["bench_seconds"] = time.perf_counter() - started
     results["targets"] = check_targets(results)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +143,6 @@ def features_vs_pyarrow(spark: SparkSession, cfg: Config, repeats: int) -> dict:
     from segmentation import features
     from segmentation.features.aggregates import vocabulary
 
-    silver_path = str(Path(cfg.storage.root) / "events_silver")
     spark_seconds, arrow_seconds, phases = [], [], []
     for i in range(repeats):
         describe(spark, f"bench: features stage {i + 1}/{repeats}")
@@ -154,7 +155,7 @@ def features_vs_pyarrow(spark: SparkSession, cfg: Config, repeats: int) -> dict:
     )
     for _ in range(repeats):
         started = time.perf_counter()
-        events = _read_delta_with_pyarrow(silver_path, SILVER_COLUMNS)
+        events = _read_with_pyarrow(_store(spark, cfg), "events_silver", SILVER_COLUMNS)
         users = peers.pyarrow_user_totals(events, list(vocab.categories), list(vocab.devices))
         arrow_seconds.append(time.perf_counter() - started)
     log.info(
@@ -175,8 +176,6 @@ def features_vs_pyarrow(spark: SparkSession, cfg: Config, repeats: int) -> dict:
 def training_vs_single_process(spark: SparkSession, cfg: Config, epochs: int) -> dict:
     """Steady samples/s of the train stage (TorchDistributor, every feeder) vs a single-process torch
     loop over the same users in memory; plus each launch's fixed overhead."""
-    from deltalake import DeltaTable
-
     from segmentation import train
     from segmentation.train.feeders import petastorm_available, resolve_feeder
 
@@ -193,9 +192,8 @@ def training_vs_single_process(spark: SparkSession, cfg: Config, epochs: int) ->
         by_feeder[feeder] = result["samples_per_epoch"] / steady
         batch_size = result["batch_size"]  # the per-process batch the launcher resolved
         overhead[feeder] = total - sum(result["epoch_seconds"])
-    rows = np.stack(
-        DeltaTable(str(Path(cfg.storage.root) / "user_features")).to_pandas(columns=["features"])["features"]
-    ).astype(np.float32)
+    features = _read_with_pyarrow(_store(spark, cfg), "user_features", ["features"]).column("features")
+    rows = np.stack(features.to_numpy(zero_copy_only=False)).astype(np.float32)
     rows = rows[: max(1, int(len(rows) * (1 - settings.validation_share)))]
 
     def peer_rate(threads: int | None) -> float:
@@ -362,16 +360,75 @@ SILVER_COLUMNS = [
 ]
 
 
-def _read_delta_with_pyarrow(path: str, columns: list[str]):
-    """The table's current files read by pyarrow (deltalake's own dataset reader needs pyarrow >= 15
-    for partitioned tables; the development lock pins 14 for petastorm)."""
+def _read_with_pyarrow(store, name: str, columns: list[str]):
+    """The table's current snapshot read by pyarrow, from the files the table layer names (which
+    refuses files with deletion vectors), whichever engine wrote them."""
     import pyarrow.dataset as ds
-    from deltalake import DeltaTable
 
-    files = [uri.removeprefix("file://") for uri in DeltaTable(path).file_uris()]
-    return ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=path).to_table(
-        columns=columns
+    files = list(store.snapshot(name).files)
+    return ds.dataset(
+        files, format="parquet", partitioning="hive", partition_base_dir=store.location(name)
+    ).to_table(columns=columns)
+
+
+def cluster_vs_local(spark: SparkSession, cfg: Config, work: Path, results: dict) -> dict:
+    """The first size's generated logs through `spark-submit jobs/run.py` on a standalone cluster on this
+    machine (a master and two 1-core workers: the same two cores as local[*]; training as barrier tasks
+    on the executors), stage by stage beside the local run of the same logs."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from segmentation.standalone import StandaloneCluster
+
+    size = str(cfg.bench.e2e_events[0])
+    local_root = work / f"e2e_{size}"
+    root = work / "cluster"
+    shutil.rmtree(root, ignore_errors=True)
+    sized = _sized_config(cfg, local_root, int(size))
+    on_cluster = replace(
+        sized,
+        spark=replace(sized.spark, master=None),
+        storage=replace(sized.storage, root=str(root / "lake"), artifacts=None),
+        report=replace(sized.report, path=str(root / "reports")),
+        training=replace(sized.training, local_mode=False),
     )
+    conf = root / "bench-cluster.yaml"
+    root.mkdir(parents=True)
+    conf.write_text(yaml.safe_dump(on_cluster.to_dict()))
+    cluster = StandaloneCluster(root / "standalone", workers=2, cores=1, memory="2g")
+    url = cluster.start()
+    try:
+        submit = Path(sys.executable).parent / "spark-submit"
+        jobs = Path(__file__).resolve().parents[3] / "jobs" / "run.py"
+        log.info("bench: e2e %s events again on the standalone cluster %s", size, url)
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [str(submit), "--master", url, str(jobs), "--conf", str(conf)],
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.perf_counter() - started
+    finally:
+        cluster.stop()
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"bench: the cluster run failed: {tail}")
+    run_id = proc.stdout.split("run ", 1)[1].split(":", 1)[0]
+    stages = _stage_seconds(spark, on_cluster, run_id)
+    local_stages = results["e2e_stage_seconds"][size]
+    ratios = {s: stages[s] / local_stages[s] for s in stages if local_stages.get(s)}
+    log.info(
+        "bench: cluster %.1f s vs local %.1f s; stages %s", seconds, results["e2e_seconds"][size], stages
+    )
+    return {
+        "cluster_events": int(size),
+        "cluster_seconds": seconds,
+        "cluster_stage_seconds": stages,
+        "cluster_stage_ratio_vs_local": ratios,
+        "cluster_ratio_vs_local": seconds / results["e2e_seconds"][size],
+    }
 
 
 def _stage_seconds(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
@@ -479,6 +536,14 @@ def markdown(results: dict) -> str:
         f"seconds by phase: {_fmt(results['features_phase_seconds'])}"
     )
     lines.append(f"- ARI vs planted truth by size: {results['ari_by_size']}")
+    if "cluster_seconds" in results:
+        lines.append(
+            f"- the {results['cluster_events']} events again via spark-submit on a standalone cluster "
+            f"(2 workers x 1 core, training on the executors): {results['cluster_seconds']:.1f} s, "
+            f"{results['cluster_ratio_vs_local']:.2f}x the local run; stage seconds "
+            f"{_fmt(results['cluster_stage_seconds'], 1)}; ratio to local by stage "
+            f"{_fmt(results['cluster_stage_ratio_vs_local'])}"
+        )
     lines.append(f"- whole benchmark: {results['bench_seconds']:.0f} s")
     return "\n".join(lines) + "\n"
 

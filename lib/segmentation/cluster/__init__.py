@@ -428,7 +428,4 @@ def _write_evaluation(spark, store, results: list[Evaluation], run_id: str) -> N
         for r in results
     ]
     frame = spark.createDataFrame(rows, EVALUATION_SCHEMA)
-    if store.exists(CLUSTERING_EVALUATION):
-        store.overwrite_partitions(frame, CLUSTERING_EVALUATION, ["run_id"])
-    else:
-        store.overwrite(frame, CLUSTERING_EVALUATION, ["run_id"])
+    store.replace_where(frame, CLUSTERING_EVALUATION, "run_id", [run_id])

@@ -116,7 +116,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
         silver = flag_bots(sessionize(merged, cfg.ingest.session_gap_minutes), bots)
         silver = silver.select(*_silver_columns(silver, cfg))
         if incremental:
-            store.overwrite_partitions(silver, EVENTS_SILVER, ["event_date"])
+            store.replace_where(silver, EVENTS_SILVER, "event_date", rebuilt)
         else:
             store.overwrite(silver, EVENTS_SILVER, ["event_date"])
 

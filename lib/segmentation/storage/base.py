@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import ArrayType, DataType, MapType, StructType, TimestampNTZType
@@ -17,6 +22,31 @@ log = logging.getLogger(__name__)
 Txn = tuple[str, int]
 """An idempotent-write token (app id, version): a write whose token the table has seen is skipped."""
 
+# The interop profile of every product table, set explicitly when a table is created (both engines)
+# rather than left to an engine's or a platform's defaults: tables stay readable by delta-rs, Polars,
+# DuckDB and plain parquet readers.
+TABLE_PROPERTIES = {
+    # A deletion vector hides rows of a file without rewriting it; readers that ignore them (or read
+    # files directly, as the training feeders do) would see deleted rows.
+    "delta.enableDeletionVectors": "false",
+    # Physical column names equal logical ones, so a parquet file is readable without the Delta log.
+    "delta.columnMapping.mode": "none",
+    # Single-file v1 checkpoints; v2 checkpoints are a reader feature older readers refuse.
+    "delta.checkpointPolicy": "classic",
+}
+
+
+@dataclass(frozen=True)
+class TableFiles:
+    """One snapshot of a table as files: what a reader outside Spark (a training feeder) opens."""
+
+    name: str
+    version: int
+    files: tuple[str, ...]
+    """Local paths for local tables, URIs elsewhere; absolute, decoded, sorted."""
+    rows: int | None
+    """Rows in the snapshot from the log's file statistics; None where a file has none."""
+
 
 class TableStore(ABC):
     """Read and write the product's Delta tables by name."""
@@ -27,6 +57,8 @@ class TableStore(ABC):
         self.spark = spark
         self.cfg = cfg
 
+    # ------------------------------------------------------------ reading
+
     @abstractmethod
     def location(self, name: str) -> str:
         """The table's path or fully qualified catalog name."""
@@ -35,16 +67,44 @@ class TableStore(ABC):
     def exists(self, name: str) -> bool: ...
 
     @abstractmethod
-    def read(self, name: str) -> DataFrame:
-        """The table's current snapshot as a DataFrame (lazy; nothing is collected)."""
+    def read(self, name: str, version: int | None = None) -> DataFrame:
+        """The table's current snapshot (or the one at `version`: time travel) as a DataFrame; lazy."""
+
+    @abstractmethod
+    def version(self, name: str) -> int:
+        """The table's current Delta version."""
+
+    @abstractmethod
+    def history(self, name: str, limit: int | None = None) -> list[dict]:
+        """The table's commits, newest first: version, timestamp, operation (a small list)."""
+
+    @abstractmethod
+    def properties(self, name: str) -> dict[str, str]:
+        """The table's properties (the Delta metadata configuration)."""
+
+    @abstractmethod
+    def partition_columns(self, name: str) -> list[str]: ...
+
+    @abstractmethod
+    def protocol(self, name: str) -> tuple[int, int]:
+        """(min reader version, min writer version)."""
+
+    @abstractmethod
+    def snapshot(self, name: str) -> TableFiles:
+        """The current snapshot's data files, for readers that open them directly. Refuses a snapshot
+        in which a file has a deletion vector: reading that file whole would bring deleted rows back."""
+
+    # ------------------------------------------------------------ writing
 
     @abstractmethod
     def overwrite(self, df: DataFrame, name: str, partition_by: list[str] | None = None) -> None:
         """Replace the whole table (schema included) with `df`, atomically."""
 
     @abstractmethod
-    def overwrite_partitions(self, df: DataFrame, name: str, partition_by: list[str]) -> None:
-        """Replace the rows of exactly the partitions that `df` has rows for; others stay as they are."""
+    def replace_where(self, df: DataFrame, name: str, column: str, values: Sequence) -> None:
+        """Replace, in one commit, every row whose partition `column` is one of `values` by `df`'s rows
+        (which must all lie in `values`); the other partitions stay as they are. Creates the table,
+        partitioned by `column`, when it does not exist."""
 
     @abstractmethod
     def append(
@@ -54,8 +114,27 @@ class TableStore(ABC):
         was already committed (the write is skipped), True otherwise."""
 
     @abstractmethod
-    def version(self, name: str) -> int:
-        """The table's current Delta version."""
+    def merge(
+        self, df: DataFrame, name: str, keys: Sequence[str], partition_by: list[str] | None = None
+    ) -> None:
+        """Upsert: a row of `df` replaces the table's row with the same `keys`, or is inserted. Creates
+        the table (partitioned by `partition_by`) when it does not exist."""
+
+    # ------------------------------------------------------------ maintenance
+
+    @abstractmethod
+    def optimize(self, name: str) -> dict[str, int]:
+        """Compact small files into larger ones (a commit that changes no row): files removed, added."""
+
+    @abstractmethod
+    def vacuum(self, name: str, retain_hours: float, enforce_retention: bool = True) -> int:
+        """Delete files no version younger than `retain_hours` needs; returns how many were deleted."""
+
+    def purge_deletion_vectors(self, name: str) -> int:
+        """Rewrite the files that carry deletion vectors; returns how many had one (0: nothing done)."""
+        return 0
+
+    # ------------------------------------------------------------ shared
 
     def read_or_fail(self, name: str, needed_by: str) -> DataFrame:
         """Read an upstream table, or say which stage must run first."""
@@ -103,6 +182,16 @@ def adds_columns(table: StructType, incoming: StructType) -> bool:
     return len(incoming.fields) > n and schemas_match(table, StructType(incoming.fields[:n]))
 
 
+def check_write_schema(table: StructType, incoming: StructType, name: str) -> bool:
+    """For writes that keep the table (append, replace, merge): the same schema, or the table's with
+    new trailing columns (returns True: the write evolves the schema). Anything else is refused."""
+    if schemas_match(table, incoming):
+        return False
+    if adds_columns(table, incoming):
+        return True
+    raise StorageError(f"schema mismatch writing to {name}: {describe_mismatch(table, incoming)}")
+
+
 def describe_mismatch(table: StructType, incoming: StructType) -> str:
     """One line naming the first difference between a table's schema and an incoming one."""
     table_cols = {f.name: _shape(f.dataType) for f in table.fields}
@@ -143,3 +232,82 @@ def refuse_timestamp_ntz(schema: StructType, name: str) -> None:
     bad = [f.name for f in schema.fields if has_ntz(f.dataType)]
     if bad:
         raise StorageError(f"table {name}: columns {bad} are timestamp_ntz; write UTC timestamps instead")
+
+
+def partition_string(value: object) -> str | None:
+    """A partition value as Delta's log spells it (dates as YYYY-MM-DD)."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        raise StorageError("timestamp partition values are not supported; partition by a date or string")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def sql_literal(value: object) -> str:
+    """A partition value as a Spark SQL literal (for predicates such as replaceWhere)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return str(value).upper()
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dt.datetime):
+        raise StorageError("timestamp partition values are not supported; partition by a date or string")
+    if isinstance(value, dt.date):
+        return f"DATE'{value.isoformat()}'"
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def local_file(uri: str) -> str:
+    """A data file's URI as a reader opens it: a plain decoded path for local files, else the URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return unquote(parsed.path)
+    return uri
+
+
+def deletion_vector_error(name: str, files: Iterable[str]) -> StorageError:
+    listed = list(files)
+    return StorageError(
+        f"table {name}: {len(listed)} data files carry deletion vectors (e.g. {listed[0]}); reading them "
+        "directly would bring deleted rows back. Run `segment maintain`, which purges them "
+        "(REORG TABLE ... APPLY (PURGE)), or set delta.enableDeletionVectors=false on the table"
+    )
+
+
+_CONFLICT = re.compile(
+    r"Concurrent\w*Exception|\w+ChangedException|\[DELTA_[A-Z_]+\]|CommitFailed|concurrent"
+)
+
+
+def is_concurrent_commit_error(exc: BaseException) -> bool:
+    """Another writer committed to the table first, and Delta refused to commit on top of it."""
+    text = f"{type(exc).__name__} {exc}"
+    return any(
+        marker in text
+        for marker in (
+            "Concurrent",  # Delta's ConcurrentAppend/DeleteRead/DeleteDelete/Transaction/Write exceptions
+            "DELTA_CONCURRENT",
+            "MetadataChanged",
+            "DELTA_METADATA_CHANGED",
+            "ProtocolChanged",
+            "DELTA_PROTOCOL_CHANGED",
+            "CommitFailed",  # delta-rs
+            "Version mismatch",
+            "already exists",
+        )
+    )
+
+
+def concurrent_write_error(name: str, exc: BaseException) -> StorageError:
+    lines = str(exc).strip().splitlines() or [""]
+    # py4j's first line says only which call failed; the line naming Delta's exception says why.
+    first = next((line for line in lines if _CONFLICT.search(line)), lines[0]).strip()[:300]
+    return StorageError(
+        f"table {name}: another writer committed first and this write conflicts with it, so nothing of "
+        f"it was committed; run the stage again ({type(exc).__name__}: {first})"
+    )

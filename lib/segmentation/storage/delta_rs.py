@@ -1,10 +1,16 @@
-"""Delta tables through delta-rs (`deltalake`), for machines without the Delta Spark jars.
+"""Delta tables through delta-rs (`deltalake`), for machines without the Delta Spark jars
+(`storage.engine: delta-rs`; the default engine is delta-spark wherever its jars are loaded).
 
 Writes: Spark executors write parquet into a hidden staging directory inside the table; the driver
 moves the files into place (a rename per file, no data passes through the driver), reads their
 footers for file statistics and commits all of them in one Delta transaction. Until that commit the
 table is unchanged: uncommitted files are invisible to every Delta reader and removed on failure.
-Reads: the snapshot's active files, read by Spark with the table's own schema.
+A concurrent writer's commit is checked by delta-rs's conflict checker: a conflicting write fails
+with a clear error and leaves the table as the other writer left it.
+Reads: the snapshot's active files, read by Spark with the table's own schema; a snapshot with
+deletion vectors is refused rather than read whole (Spark's parquet reader would ignore them).
+MERGE is a rewrite of the partitions the keys touch (or of the table when it is not partitioned by a
+key) in one commit; OPTIMIZE and VACUUM run in delta-rs, on this machine.
 """
 
 from __future__ import annotations
@@ -16,25 +22,33 @@ import math
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType
 
 from segmentation.config import StorageConfig
 from segmentation.errors import StorageError
 from segmentation.storage.base import (
+    TABLE_PROPERTIES,
+    TableFiles,
     TableStore,
     Txn,
-    adds_columns,
-    describe_mismatch,
+    check_write_schema,
+    concurrent_write_error,
+    deletion_vector_error,
+    is_concurrent_commit_error,
+    local_file,
+    partition_string,
     refuse_timestamp_ntz,
-    schemas_match,
 )
 
 log = logging.getLogger(__name__)
@@ -68,26 +82,50 @@ class DeltaRsStore(TableStore):
     def exists(self, name: str) -> bool:
         return DeltaTable.is_deltatable(self.location(name))
 
-    def _table(self, name: str) -> DeltaTable:
+    def _table(self, name: str, version: int | None = None) -> DeltaTable:
         try:
-            return DeltaTable(self.location(name))
+            return DeltaTable(self.location(name), version=version)
         except Exception as exc:  # deltalake raises several types for a missing or broken table
             raise StorageError(f"cannot open table {name} at {self.location(name)}: {exc}") from exc
 
     def spark_schema(self, name: str) -> StructType:
-        return StructType.fromJson(json.loads(self._table(name).schema().to_json()))
+        return _spark_schema(self._table(name))
 
     def version(self, name: str) -> int:
         return self._table(name).version()
+
+    def history(self, name: str, limit: int | None = None) -> list[dict]:
+        return [
+            {
+                "version": int(c["version"]),
+                "timestamp": dt.datetime.fromtimestamp(c["timestamp"] / 1000, dt.UTC),
+                "operation": c.get("operation"),
+            }
+            for c in self._table(name).history(limit)
+        ]
+
+    def properties(self, name: str) -> dict[str, str]:
+        return dict(self._table(name).metadata().configuration)
+
+    def partition_columns(self, name: str) -> list[str]:
+        return list(self._table(name).metadata().partition_columns)
 
     def protocol(self, name: str) -> tuple[int, int]:
         proto = self._table(name).protocol()
         return proto.min_reader_version, proto.min_writer_version
 
-    def read(self, name: str) -> DataFrame:
-        table = self._table(name)
-        schema = StructType.fromJson(json.loads(table.schema().to_json()))
-        files = table.file_uris()
+    def _active_files(self, name: str, table: DeltaTable) -> list[str]:
+        """The snapshot's files as local paths, refusing deletion vectors."""
+        if "deletionVectors" in (table.protocol().reader_features or []):
+            with_dv = pa.table(table.deletion_vectors()).column("filepath").to_pylist()
+            if with_dv:
+                raise deletion_vector_error(name, with_dv)
+        return [local_file(uri) for uri in table.file_uris()]
+
+    def read(self, name: str, version: int | None = None) -> DataFrame:
+        table = self._table(name, version)
+        schema = _spark_schema(table)
+        files = self._active_files(name, table)
         if not files:
             return self.spark.createDataFrame([], schema)
         partition_cols = set(table.metadata().partition_columns)
@@ -98,15 +136,26 @@ class DeltaRsStore(TableStore):
             raise StorageError(f"table {name}: partition columns {sorted(missing)} not found in file paths")
         return df.select(*[f.name for f in schema.fields])
 
+    def snapshot(self, name: str) -> TableFiles:
+        table = self._table(name)
+        files = self._active_files(name, table)
+        counts = pa.table(table.get_add_actions(flatten=True)).column("num_records").to_pylist()
+        rows = None if any(n is None for n in counts) else sum(counts)
+        return TableFiles(name, table.version(), tuple(sorted(files)), rows)
+
     # ---------------------------------------------------------------- writing
 
     def overwrite(self, df: DataFrame, name: str, partition_by: list[str] | None = None) -> None:
-        self._write(df, name, mode="overwrite", partition_by=partition_by or [], replace_partitions=False)
+        self._write(df, name, mode="overwrite", partition_by=partition_by or [])
 
-    def overwrite_partitions(self, df: DataFrame, name: str, partition_by: list[str]) -> None:
-        if len(partition_by) != 1:
-            raise StorageError(f"table {name}: partition overwrite supports one partition column")
-        self._write(df, name, mode="overwrite", partition_by=partition_by, replace_partitions=True)
+    def replace_where(self, df: DataFrame, name: str, column: str, values: Sequence) -> None:
+        if not self.exists(name):
+            self.overwrite(df, name, [column])
+            return
+        if not values:
+            log.info("table %s: no partitions to replace", name)
+            return
+        self._write(df, name, mode="overwrite", partition_by=[column], replace=(column, values))
 
     def append(
         self, df: DataFrame, name: str, partition_by: list[str] | None = None, txn: Txn | None = None
@@ -119,54 +168,84 @@ class DeltaRsStore(TableStore):
         self._write(df, name, mode="append", partition_by=partition_by or [], txn=txn)
         return True
 
+    def merge(
+        self, df: DataFrame, name: str, keys: Sequence[str], partition_by: list[str] | None = None
+    ) -> None:
+        if not self.exists(name):
+            self.overwrite(df, name, partition_by)
+            return
+        table = self._table(name)
+        if check_write_schema(self.spark_schema(name), _nullable(df.schema), name):
+            raise StorageError(f"table {name}: merge does not add columns; write them with append first")
+        parts = list(table.metadata().partition_columns)
+        existing = self.read(name)
+        if len(parts) == 1 and parts[0] in keys:
+            # Only the partitions the new rows fall in change: rewrite just those.
+            column = parts[0]
+            values = [r[0] for r in df.select(column).distinct().collect()]  # partitions, not rows
+            kept = existing.where(F.col(column).isin(values)).join(df.select(*keys), list(keys), "left_anti")
+            self.replace_where(kept.unionByName(df), name, column, values)
+            return
+        kept = existing.join(df.select(*keys), list(keys), "left_anti")
+        self._write(kept.unionByName(df), name, mode="overwrite", partition_by=parts, keep_table=True)
+
     def _write(
         self,
         df: DataFrame,
         name: str,
         mode: str,
         partition_by: list[str],
-        replace_partitions: bool = False,
+        replace: tuple[str, Sequence] | None = None,
         txn: Txn | None = None,
+        keep_table: bool = False,
     ) -> None:
+        """Write `df`'s files, then commit them: as a new table definition (a full overwrite), appended,
+        or replacing the rows of `replace` = (partition column, values) or of the whole table
+        (`keep_table`: an overwrite that keeps the table's definition, as a merge's rewrite does)."""
         location = Path(self.location(name))
         refuse_timestamp_ntz(df.schema, name)
         schema = _nullable(df.schema)
         existing = self._table(name) if self.exists(name) else None
-        if existing is not None:
-            table_schema = self.spark_schema(name)
+        keeps_definition = mode == "append" or replace is not None or keep_table
+        if existing is not None and keeps_definition:
             table_parts = list(existing.metadata().partition_columns)
-            evolving = adds_columns(table_schema, schema) and (mode == "append" or replace_partitions)
-            if evolving:
+            if table_parts != partition_by:
+                raise StorageError(
+                    f"table {name} is partitioned by {table_parts}, the write by {partition_by}"
+                )
+            if check_write_schema(self.spark_schema(name), schema, name):
                 # Nullable columns added in their own commit first: harmless alone (an all-null column).
-                added = StructType(schema.fields[len(table_schema.fields) :])
+                added = StructType(schema.fields[len(existing.schema().fields) :])
                 existing.alter.add_columns(list(DeltaSchema.from_json(added.json()).fields))
                 existing = self._table(name)
                 log.info(
                     "table %s: added columns %s (existing rows read them as null)", name, added.fieldNames()
                 )
-            if (mode == "append" or replace_partitions) and not (
-                evolving or schemas_match(table_schema, schema)
-            ):
-                raise StorageError(
-                    f"schema mismatch writing to {name}: {describe_mismatch(table_schema, schema)}"
-                )
-            if (mode == "append" or replace_partitions) and table_parts != partition_by:
-                raise StorageError(
-                    f"table {name} is partitioned by {table_parts}, the write by {partition_by}"
-                )
-        version_before = existing.version() if existing is not None else -1
+        new_definition = existing is None or not keeps_definition
         actions, written = self._write_files(df, location, partition_by)
+        if replace is not None:
+            allowed = {partition_string(v) for v in replace[1]}
+            outside = sorted({a.partition_values[replace[0]] for a in actions} - allowed, key=str)
+            if outside:
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise StorageError(
+                    f"table {name}: the write has rows outside the partitions it replaces "
+                    f"({replace[0]} in {outside[:5]}); nothing was committed"
+                )
         try:
             self._commit(
-                name, location, existing, schema, actions, mode, partition_by, replace_partitions, txn
+                location, existing, new_definition, schema, actions, mode, partition_by, replace, txn
             )
         except Exception as exc:
             # delta-rs can raise after its commit landed (e.g. while reloading the new snapshot): the
-            # files are then part of the table and must stay.
-            if self._current_version(location) > version_before:
+            # files are then part of the table and must stay. Another writer's commit is not ours.
+            if _landed(location, actions):
                 raise StorageError(f"table {name}: commit landed but reported an error: {exc}") from exc
             for path in written:
                 path.unlink(missing_ok=True)
+            if is_concurrent_commit_error(exc):
+                raise concurrent_write_error(name, exc) from exc
             raise StorageError(f"commit to table {name} failed, table unchanged: {exc}") from exc
         log.info("%s %s: %d files committed (%s)", mode, name, len(actions), self.engine_name)
 
@@ -191,44 +270,36 @@ class DeltaRsStore(TableStore):
             shutil.rmtree(staging, ignore_errors=True)
 
     @staticmethod
-    def _current_version(location: Path) -> int:
-        try:
-            return DeltaTable(str(location)).version()
-        except Exception:  # no table yet, or one delta-rs cannot open: nothing of ours landed
-            return -1
-
     def _commit(
-        self,
-        name: str,
         location: Path,
         existing: DeltaTable | None,
+        new_definition: bool,
         schema: StructType,
         actions: list[AddAction],
         mode: str,
         partition_by: list[str],
-        replace_partitions: bool,
+        replace: tuple[str, Sequence] | None,
         txn: Txn | None,
     ) -> None:
         delta_schema = DeltaSchema.from_json(schema.json())
         props = CommitProperties(app_transactions=[Transaction(txn[0], txn[1])] if txn else None)
-        if existing is None or (mode == "overwrite" and not replace_partitions):
-            # A full overwrite may change schema and partitioning: that is a new table definition.
+        if existing is None or new_definition:
+            # A new table, or a full overwrite that may change schema and partitioning: a new table
+            # definition, with the product's table properties.
             create_table_with_add_actions(
                 str(location),
                 delta_schema,
                 actions,
                 mode="error" if existing is None else "overwrite",
                 partition_by=partition_by or None,
+                configuration=TABLE_PROPERTIES,
                 commit_properties=props,
             )
             return
         filters = None
-        if replace_partitions:
-            values = sorted({a.partition_values[partition_by[0]] for a in actions}, key=str)
-            if not values:
-                log.info("table %s: no partitions to replace", name)
-                return
-            filters = [(partition_by[0], "in", values)]
+        if replace is not None:
+            column, values = replace
+            filters = [(column, "in", [partition_string(v) for v in values])]
         existing.create_write_transaction(
             actions,
             mode,
@@ -237,6 +308,39 @@ class DeltaRsStore(TableStore):
             partition_filters=filters,
             commit_properties=props,
         )
+
+    # ---------------------------------------------------------------- maintenance
+
+    def optimize(self, name: str) -> dict[str, int]:
+        metrics = self._table(name).optimize.compact()
+        return {
+            "files_removed": int(metrics.get("numFilesRemoved", 0)),
+            "files_added": int(metrics.get("numFilesAdded", 0)),
+        }
+
+    def vacuum(self, name: str, retain_hours: float, enforce_retention: bool = True) -> int:
+        deleted = self._table(name).vacuum(
+            retention_hours=math.ceil(retain_hours),
+            dry_run=False,
+            enforce_retention_duration=enforce_retention,
+        )
+        return len(deleted)
+
+
+def _spark_schema(table: DeltaTable) -> StructType:
+    return StructType.fromJson(json.loads(table.schema().to_json()))
+
+
+def _landed(location: Path, actions: list[AddAction]) -> bool:
+    """Whether a commit carrying `actions` is in the table now (another writer's commit is not)."""
+    if not actions:
+        return False
+    try:
+        current = DeltaTable(str(location))
+    except Exception:  # no table yet, or one delta-rs cannot open: nothing of ours landed
+        return False
+    ours = str(location / unquote(actions[0].path))
+    return any(local_file(uri) == ours for uri in current.file_uris())
 
 
 def _nullable(schema: StructType) -> StructType:

@@ -1,37 +1,67 @@
-"""Delta tables through delta-spark, where the Delta session extension is loaded (Databricks,
-`spark-submit --packages io.delta:delta-spark_2.13:4.0.x`): native MERGE, dynamic partition overwrite
-and idempotent appends (`txnAppId`/`txnVersion`)."""
+"""Delta tables through delta-spark: the default engine wherever Delta Lake's Spark jars are loaded
+(`make setup` installs them for local sessions and the venv's spark-submit; Databricks has them built
+in). Native MERGE, replaceWhere, idempotent appends (`txnAppId`/`txnVersion`), time travel, OPTIMIZE,
+VACUUM and REORG; Delta's optimistic concurrency decides between concurrent writers."""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Sequence
+from urllib.parse import unquote, urlparse
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
+from pyspark.sql import functions as F
 
 from segmentation.config import StorageConfig
 from segmentation.errors import StorageError
-from segmentation.storage.base import TableStore, Txn, adds_columns, describe_mismatch, schemas_match
+from segmentation.storage.base import (
+    TABLE_PROPERTIES,
+    TableFiles,
+    TableStore,
+    Txn,
+    check_write_schema,
+    concurrent_write_error,
+    deletion_vector_error,
+    is_concurrent_commit_error,
+    local_file,
+    refuse_timestamp_ntz,
+    sql_literal,
+)
+from segmentation.storage.names import ALL_TABLES
 
 log = logging.getLogger(__name__)
 
-DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.0"
+DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 HOW_TO_ADD = (
-    f"start Spark with --packages {DELTA_PACKAGE} "
-    "--conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension "
-    "--conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog "
-    "(Databricks has them), or set storage.engine: delta-rs"
+    f"run `make setup` (it installs the jars into .venv and its spark-submit adds them), or start Spark "
+    f"with --packages {DELTA_PACKAGE} --conf spark.sql.extensions={DELTA_EXTENSION} "
+    f"--conf spark.sql.catalog.spark_catalog={DELTA_CATALOG} (Databricks has them), "
+    "or set storage.engine: delta-rs"
 )
 
 
 def delta_spark_available(spark: SparkSession) -> bool:
-    """True when the Delta session extension is configured and its classes load."""
-    if "DeltaSparkSessionExtension" not in (spark.conf.get("spark.sql.extensions", "") or ""):
+    """Delta is detected by its classes and its catalog, not by the text of spark.sql.extensions:
+    Delta's table classes load, and the session's catalog is Delta's (open source: DeltaCatalog as the
+    session catalog with Delta's SQL parser; Databricks runtimes build Delta in without naming it)."""
+    jvm = getattr(spark.sparkContext, "_jvm", None)
+    if jvm is None:  # Spark Connect: no JVM to ask
         return False
     try:
-        spark.sparkContext._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")  # type: ignore[union-attr]
-    except Exception:  # py4j raises its own error type for a missing class
+        jvm.java.lang.Class.forName(
+            "io.delta.tables.DeltaTable", True, jvm.Thread.currentThread().getContextClassLoader()
+        )
+        state = spark._jsparkSession.sessionState()  # type: ignore[attr-defined]
+        catalog = state.catalogManager().v2SessionCatalog().getClass().getName()
+        parser = state.sqlParser().getClass().getName()
+    except Exception:  # py4j raises its own error types for a missing class
         return False
-    return True
+    if "DeltaCatalog" in catalog and "Delta" in parser:
+        return True
+    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
 
 
 class DeltaSparkStore(TableStore):
@@ -44,6 +74,8 @@ class DeltaSparkStore(TableStore):
                 f"storage.engine is delta-spark but the Delta Lake jars are not loaded: {HOW_TO_ADD}"
             )
 
+    # ------------------------------------------------------------ naming
+
     def _catalog_mode(self) -> bool:
         return bool(self.cfg.catalog or self.cfg.schema)
 
@@ -53,6 +85,24 @@ class DeltaSparkStore(TableStore):
             return ".".join(p for p in (self.cfg.catalog, self.cfg.schema, name) if p)
         return f"{self.cfg.root.rstrip('/')}/{name}"
 
+    def _ident(self, name: str) -> str:
+        """The table in SQL: its catalog name, or delta.`path`."""
+        if self._catalog_mode():
+            return self.location(name)
+        return "delta.`" + self.location(name).replace("`", "``") + "`"
+
+    def _table(self, name: str):
+        from delta.tables import DeltaTable
+
+        if self._catalog_mode():
+            return DeltaTable.forName(self.spark, self.location(name))
+        return DeltaTable.forPath(self.spark, self.location(name))
+
+    def _detail(self, name: str):
+        return self.spark.sql(f"DESCRIBE DETAIL {self._ident(name)}").head()
+
+    # ------------------------------------------------------------ reading
+
     def exists(self, name: str) -> bool:
         if self._catalog_mode():
             return self.spark.catalog.tableExists(self.location(name))
@@ -60,61 +110,222 @@ class DeltaSparkStore(TableStore):
 
         return DeltaTable.isDeltaTable(self.spark, self.location(name))
 
-    def read(self, name: str) -> DataFrame:
+    def read(self, name: str, version: int | None = None) -> DataFrame:
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
         if self._catalog_mode():
-            return self.spark.read.table(self.location(name))
-        return self.spark.read.format("delta").load(self.location(name))
+            return reader.table(self.location(name))
+        return reader.load(self.location(name))
 
     def version(self, name: str) -> int:
-        from delta.tables import DeltaTable
+        return int(self._table(name).history(1).select("version").head()[0])
 
-        table = (
-            DeltaTable.forName(self.spark, self.location(name))
-            if self._catalog_mode()
-            else DeltaTable.forPath(self.spark, self.location(name))
+    def history(self, name: str, limit: int | None = None) -> list[dict]:
+        rows = self._table(name).history(limit) if limit else self._table(name).history()
+        return [r.asDict() for r in rows.select("version", "timestamp", "operation").collect()]
+
+    def properties(self, name: str) -> dict[str, str]:
+        return dict(self._detail(name).properties)
+
+    def partition_columns(self, name: str) -> list[str]:
+        return list(self._detail(name).partitionColumns)
+
+    def protocol(self, name: str) -> tuple[int, int]:
+        detail = self._detail(name)
+        return int(detail.minReaderVersion), int(detail.minWriterVersion)
+
+    def _jsnapshot(self, name: str):
+        """Delta's own snapshot object (through the JVM): its files with their deletion vectors."""
+        jvm = self.spark.sparkContext._jvm
+        path = self._detail(name).location if self._catalog_mode() else self.location(name)
+        delta_log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(self.spark._jsparkSession, path)
+        empty = jvm.scala.Option.empty()
+        return delta_log, delta_log.update(False, empty, empty)
+
+    def snapshot(self, name: str) -> TableFiles:
+        delta_log, snap = self._jsnapshot(name)
+        files = DataFrame(snap.allFiles().toDF(), self.spark).select(
+            "path",
+            F.col("deletionVector").isNotNull().alias("has_dv"),
+            F.get_json_object("stats", "$.numRecords").cast("long").alias("rows"),
         )
-        return int(table.history(1).select("version").head()[0])
+        entries = files.collect()  # one row per data file of the log, not per table row
+        with_dv = [r.path for r in entries if r.has_dv]
+        if with_dv:
+            raise deletion_vector_error(name, with_dv)
+        root = delta_log.dataPath().toUri()
+        local = root.getScheme() in (None, "file")
+        base = root.getPath() if local else root.toString()
+        paths = sorted(_resolve(base, r.path, local) for r in entries)
+        rows = None if any(r.rows is None for r in entries) else sum(r.rows for r in entries)
+        return TableFiles(name, int(snap.version()), tuple(paths), rows)
 
-    def _save(self, writer, name: str) -> None:
+    # ------------------------------------------------------------ writing
+
+    def _writer(self, df: DataFrame, mode: str) -> DataFrameWriter:
+        writer = df.write.format("delta").mode(mode)
+        for key, value in TABLE_PROPERTIES.items():
+            writer = writer.option(key, value)  # Delta applies `delta.*` options when it creates a table
+        return writer
+
+    def _save(self, writer: DataFrameWriter, name: str) -> None:
         if self._catalog_mode():
             writer.saveAsTable(self.location(name))
         else:
             writer.save(self.location(name))
 
-    def overwrite(self, df: DataFrame, name: str, partition_by: list[str] | None = None) -> None:
-        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-        self._save(writer.partitionBy(*(partition_by or [])), name)
+    def _commit(self, name: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as exc:
+            if is_concurrent_commit_error(exc):
+                raise concurrent_write_error(name, exc) from exc
+            raise
 
-    def overwrite_partitions(self, df: DataFrame, name: str, partition_by: list[str]) -> None:
-        self._check_schema(df, name)
-        writer = (
-            df.write.format("delta")
-            .mode("overwrite")
-            .option("partitionOverwriteMode", "dynamic")
-            .option("mergeSchema", "true")  # _check_schema lets only added columns through
-        )
-        self._save(writer.partitionBy(*partition_by), name)
+    def overwrite(self, df: DataFrame, name: str, partition_by: list[str] | None = None) -> None:
+        refuse_timestamp_ntz(df.schema, name)
+        writer = self._writer(df, "overwrite").option("overwriteSchema", "true")
+        self._commit(name, lambda: self._save(writer.partitionBy(*(partition_by or [])), name))
+
+    def replace_where(self, df: DataFrame, name: str, column: str, values: Sequence) -> None:
+        refuse_timestamp_ntz(df.schema, name)
+        if not self.exists(name):
+            self.overwrite(df, name, [column])
+            return
+        if not values:
+            log.info("table %s: no partitions to replace", name)
+            return
+        parts = self.partition_columns(name)
+        if parts != [column]:
+            raise StorageError(f"table {name} is partitioned by {parts}, the write replaces by [{column}]")
+        evolving = check_write_schema(self.read(name).schema, df.schema, name)
+        predicate = f"`{column}` IN ({', '.join(sql_literal(v) for v in values)})"
+        # replaceWhere also checks that every row written matches the predicate.
+        writer = self._writer(df, "overwrite").option("replaceWhere", predicate)
+        if evolving:
+            writer = writer.option("mergeSchema", "true")
+        self._commit(name, lambda: self._save(writer.partitionBy(column), name))
 
     def append(
         self, df: DataFrame, name: str, partition_by: list[str] | None = None, txn: Txn | None = None
     ) -> bool:
-        self._check_schema(df, name)
-        writer = (
-            df.write.format("delta")
-            .mode("append")
-            .option("mergeSchema", "true")
-            .partitionBy(*(partition_by or []))
-        )
+        refuse_timestamp_ntz(df.schema, name)
+        evolving = False
+        if self.exists(name):
+            evolving = check_write_schema(self.read(name).schema, df.schema, name)
+            if txn is not None and self._seen(name, txn):
+                log.info("table %s already has write %s v%d; skipping", name, txn[0], txn[1])
+                return False
+        writer = self._writer(df, "append").partitionBy(*(partition_by or []))
+        if evolving:
+            writer = writer.option("mergeSchema", "true")
         if txn is not None:
-            # Delta skips a write whose (txnAppId, txnVersion) it has already committed.
+            # Delta also skips a write whose (txnAppId, txnVersion) a concurrent writer committed.
             writer = writer.option("txnAppId", txn[0]).option("txnVersion", str(txn[1]))
-        self._save(writer, name)
+        self._commit(name, lambda: self._save(writer, name))
         return True
 
-    def _check_schema(self, df: DataFrame, name: str) -> None:
-        if self.exists(name):
-            current = self.read(name).schema
-            if not (schemas_match(current, df.schema) or adds_columns(current, df.schema)):
-                raise StorageError(
-                    f"schema mismatch writing to {name}: {describe_mismatch(current, df.schema)}"
-                )
+    def _seen(self, name: str, txn: Txn) -> bool:
+        _, snap = self._jsnapshot(name)
+        seen = snap.transactions().get(txn[0])
+        return bool(seen.isDefined()) and int(seen.get()) >= txn[1]
+
+    def merge(
+        self, df: DataFrame, name: str, keys: Sequence[str], partition_by: list[str] | None = None
+    ) -> None:
+        refuse_timestamp_ntz(df.schema, name)
+        if not self.exists(name):
+            self.overwrite(df, name, partition_by)
+            return
+        if check_write_schema(self.read(name).schema, df.schema, name):
+            raise StorageError(f"table {name}: merge does not add columns; write them with append first")
+        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+        merge = (
+            self._table(name)
+            .alias("t")
+            .merge(df.alias("s"), condition)
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+        )
+        self._commit(name, merge.execute)
+
+    # ------------------------------------------------------------ maintenance
+
+    def optimize(self, name: str) -> dict[str, int]:
+        metrics = self._table(name).optimize().executeCompaction().head().metrics
+        return {"files_removed": int(metrics.numFilesRemoved), "files_added": int(metrics.numFilesAdded)}
+
+    def vacuum(self, name: str, retain_hours: float, enforce_retention: bool = True) -> int:
+        settings = {
+            "spark.databricks.delta.retentionDurationCheck.enabled": str(enforce_retention).lower(),
+            # VACUUM lists the table's directories in this many tasks; Spark's default of 10,000 took a
+            # minute for one small table on two cores. One task per core lists as fast.
+            "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
+                max(2, self.spark.sparkContext.defaultParallelism)
+            ),
+        }
+        saved = {key: self.spark.conf.get(key, None) for key in settings}
+        for key, value in settings.items():
+            self.spark.conf.set(key, value)
+        try:
+            statement = f"VACUUM {self._ident(name)} RETAIN {float(retain_hours)} HOURS"
+            deleted = self.spark.sql(statement + " DRY RUN").count()
+            if deleted:
+                self.spark.sql(statement).collect()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    self.spark.conf.unset(key)
+                else:
+                    self.spark.conf.set(key, value)
+        return deleted
+
+    def purge_deletion_vectors(self, name: str) -> int:
+        _, snap = self._jsnapshot(name)
+        with_dv = DataFrame(snap.allFiles().toDF(), self.spark).where("deletionVector IS NOT NULL").count()
+        if with_dv:
+            self.spark.sql(f"REORG TABLE {self._ident(name)} APPLY (PURGE)").collect()
+            self.spark.sql(
+                f"ALTER TABLE {self._ident(name)} SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'false')"
+            )
+        return with_dv
+
+    # ------------------------------------------------------------ SQL names
+
+    def register_views(self) -> list[str]:
+        """Plain names for `segment sql`, with Delta's time travel and history on them: catalog tables
+        are made the current schema's; path tables become external tables of the session's in-memory
+        catalog (nothing persists, no data moves). A shared Hive metastore gets temporary views only,
+        so nothing is created in it (time travel then reads `delta.`<path>` VERSION AS OF n`)."""
+        if self._catalog_mode():
+            if self.cfg.catalog:
+                self.spark.catalog.setCurrentCatalog(self.cfg.catalog)
+            self.spark.catalog.setCurrentDatabase(self.cfg.schema)
+            return [name for name in ALL_TABLES if self.exists(name)]
+        if self.spark.conf.get("spark.sql.catalogImplementation", "in-memory") != "in-memory":
+            return super().register_views()
+        registered = []
+        for name in ALL_TABLES:
+            if not self.exists(name):
+                continue
+            self.spark.catalog.dropTempView(name)
+            path = self.location(name).replace("'", "\\'")
+            if self.spark.catalog.tableExists(name):
+                if self.spark.catalog.getTable(name).tableType != "EXTERNAL":
+                    raise StorageError(
+                        f"the session already has a managed table named {name}; segment sql will not "
+                        "replace it"
+                    )
+                # An external table of this session's in-memory catalog: dropping it deletes no data.
+                self.spark.sql(f"DROP TABLE `{name}`")
+            self.spark.sql(f"CREATE TABLE `{name}` USING delta LOCATION '{path}'")
+            registered.append(name)
+        return registered
+
+
+def _resolve(base: str, path: str, local: bool) -> str:
+    """A log entry's file path (relative and percent-encoded, or an absolute URI) as a reader opens it."""
+    if urlparse(path).scheme:
+        return local_file(path)
+    return f"{base.rstrip('/')}/{unquote(path) if local else path}"

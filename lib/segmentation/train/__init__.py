@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +26,6 @@ from segmentation.spark import describe
 from segmentation.storage import open_store
 from segmentation.storage.names import USER_FEATURES
 from segmentation.train.tracking import log_training
-from segmentation.train.trainer import train
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +114,49 @@ def distributor_schedules_gpus(spark: SparkSession, training: TrainingConfig) ->
     return False
 
 
+def shipped_packages(spark: SparkSession) -> list[str]:
+    """The file names of what spark-submit shipped with --py-files (the product's wheel on a cluster
+    where it is not installed): on executors they lie in each task's working directory."""
+    files = spark.sparkContext.getConf().get("spark.submit.pyFiles", "") or ""
+    return [os.path.basename(f) for f in files.split(",") if f]
+
+
+def _entry(shipped: list[str]):
+    """The function TorchDistributor runs in each training process. On executors those processes are
+    torchrun's children, which do not inherit the task's sys.path: Spark puts --py-files there, not on
+    PYTHONPATH. So this function is a closure, pickled by value (not imported), and puts the shipped
+    packages on sys.path before importing the trainer from them."""
+
+    def train_in_process(spec: dict) -> dict:
+        import os
+        import sys
+
+        for name in shipped:
+            path = os.path.abspath(name)
+            if os.path.exists(path) and path not in sys.path:
+                sys.path.insert(0, path)
+        from segmentation.train.trainer import train as train_fn
+
+        return train_fn(spec)
+
+    return train_in_process
+
+
 def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     schedules_gpus = distributor_schedules_gpus(spark, cfg.training)
     store = open_store(spark, cfg.storage)
-    users = store.read_or_fail(USER_FEATURES, "train")
+    store.read_or_fail(USER_FEATURES, "train")
     describe(spark, "train: plan")
-    total_rows = users.count()
+    # The feeders read the snapshot's files directly; the table layer names them (and refuses files
+    # with deletion vectors, which a direct read would resurrect).
+    snapshot = store.snapshot(USER_FEATURES)
+    users = store.read(USER_FEATURES, snapshot.version)
+    total_rows = snapshot.rows if snapshot.rows is not None else users.count()
     if total_rows == 0:
         raise StageError("user_features is empty: nothing to train on")
     features_run = users.select("run_id").limit(1).head()["run_id"]
     scaler = load_scaler(cfg, features_run)
-    files = users.inputFiles()
+    files = snapshot.files
     settings = {key: getattr(cfg.training, key) for key in TRAINER_SETTINGS}
     settings["batch_size"] = per_process_batch(cfg.training, total_rows)
     spec = {
@@ -154,7 +187,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
     )
     # TorchDistributor prints the processes' output; it is progress, so it belongs on stderr.
     with contextlib.redirect_stdout(sys.stderr):
-        result = distributor.run(train, spec)
+        result = distributor.run(_entry(shipped_packages(spark)), spec)
     if not result:
         raise StageError("training returned no result")
     if not result["finished"]:
@@ -166,6 +199,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
             run_id,
         )
         return StageResult(rows_in=total_rows, rows_out=0, details=result)
+    result["driver"] = {"host": socket.gethostname(), "pid": os.getpid()}
     if not Path(result["model_path"]).is_file():
         raise StageError("training finished without writing a model")
     if cfg.training.tracking:

@@ -185,7 +185,13 @@ def train(spec: dict) -> dict:
     if rank == 0 and finished:
         net.load_state_dict(state["best_state"] or net.state_dict())  # the best epoch by validation loss
         model_io.save(net.to("cpu"), model_spec, Path(spec["model_path"]), spec.get("scaling"))
+    # Where each rank ran (host, process, working directory, the package it imported): the run's
+    # record shows whether training ran on the driver or in executors, and with which code.
+    processes = [_whereabouts(rank)]
     if distributed:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, processes[0])
+        processes = gathered
         dist.barrier()
         dist.destroy_process_group()
     return {
@@ -202,6 +208,21 @@ def train(spec: dict) -> dict:
         "epoch_seconds": epoch_seconds,
         "batch_size": spec["batch_size"],
         "samples_per_epoch": steps * world * spec["batch_size"],
+        "processes": processes,
+    }
+
+
+def _whereabouts(rank: int) -> dict:
+    import socket
+
+    import segmentation
+
+    return {
+        "rank": rank,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "cwd": os.getcwd(),
+        "package": os.path.dirname(segmentation.__file__),
     }
 
 
