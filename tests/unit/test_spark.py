@@ -15,3 +15,11 @@ def test_an_existing_session_is_adopted_not_rebuilt(spark, tmp_path):
     assert adopted is spark
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"  # restored: correctness depends on it
     assert spark.sparkContext.appName != "other"
+
+
+def test_sessions_get_the_settings_the_stages_rely_on(spark):
+    # Cached shuffle outputs may be re-partitioned by adaptive execution, and Delta's log replay uses
+    # no more tasks than cores: both cut a standalone cluster's ingest of 100k events in half.
+    assert spark.conf.get("spark.sql.optimizer.canChangeCachedPlanOutputPartitioning") == "true"
+    cores = spark.sparkContext.defaultParallelism
+    assert int(spark.conf.get("spark.databricks.delta.snapshotPartitions")) == min(50, max(2, cores))

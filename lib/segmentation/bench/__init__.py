@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -415,7 +416,8 @@ def cluster_vs_local(spark: SparkSession, cfg: Config, work: Path, results: dict
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"bench: the cluster run failed: {tail}")
-    run_id = proc.stdout.split("run ", 1)[1].split(":", 1)[0]
+    # spark-submit merges the driver's log (stderr) into its stdout; the summary line names the run.
+    run_id = re.search(r"^run (\S+): ", proc.stdout, re.M).group(1)
     stages = _stage_seconds(spark, on_cluster, run_id)
     local_stages = results["e2e_stage_seconds"][size]
     ratios = {s: stages[s] / local_stages[s] for s in stages if local_stages.get(s)}

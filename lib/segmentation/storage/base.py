@@ -290,15 +290,13 @@ def is_concurrent_commit_error(exc: BaseException) -> bool:
     return any(
         marker in text
         for marker in (
-            "Concurrent",  # Delta's ConcurrentAppend/DeleteRead/DeleteDelete/Transaction/Write exceptions
+            # delta-spark: io.delta.exceptions.Concurrent{Append,DeleteRead,DeleteDelete,Transaction,
+            # Write}Exception, MetadataChangedException, ProtocolChangedException, and their error classes
+            "io.delta.exceptions.",
             "DELTA_CONCURRENT",
-            "MetadataChanged",
             "DELTA_METADATA_CHANGED",
-            "ProtocolChanged",
             "DELTA_PROTOCOL_CHANGED",
-            "CommitFailed",  # delta-rs
-            "Version mismatch",
-            "already exists",
+            "CommitFailedError",  # delta-rs
         )
     )
 

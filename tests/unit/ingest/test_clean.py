@@ -205,17 +205,17 @@ def test_incremental_ingest_adds_only_new_files(spark, cfg):
 
 
 def test_crash_before_the_ledger_is_redone_without_duplicates(spark, cfg, monkeypatch):
-    from segmentation.storage import DeltaRsStore
+    engine = type(open_store(spark, cfg.storage))  # delta-spark by default
 
     _ingest(spark, cfg, DAY1, "day1.json", mode="incremental")
-    real_append = DeltaRsStore.append
+    real_append = engine.append
 
     def crash_on_bronze(self, df, name, *args, **kwargs):
         if name == EVENTS_BRONZE:
             raise OSError("simulated crash before the bronze ledger is written")
         return real_append(self, df, name, *args, **kwargs)
 
-    monkeypatch.setattr(DeltaRsStore, "append", crash_on_bronze)
+    monkeypatch.setattr(engine, "append", crash_on_bronze)
     with pytest.raises(OSError):
         _ingest(spark, cfg, DAY2, "day2.json", mode="incremental")
     monkeypatch.undo()
