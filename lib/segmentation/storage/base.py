@@ -100,11 +100,21 @@ class TableStore(ABC):
     def overwrite(self, df: DataFrame, name: str, partition_by: list[str] | None = None) -> None:
         """Replace the whole table (schema included) with `df`, atomically."""
 
-    @abstractmethod
     def replace_where(self, df: DataFrame, name: str, column: str, values: Sequence) -> None:
         """Replace, in one commit, every row whose partition `column` is one of `values` by `df`'s rows
         (which must all lie in `values`); the other partitions stay as they are. Creates the table,
         partitioned by `column`, when it does not exist."""
+        refuse_timestamp_ntz(df.schema, name)
+        if not self.exists(name):
+            self.overwrite(df, name, [column])
+        elif not values:
+            log.info("table %s: no partitions to replace", name)
+        else:
+            self._replace_where(df, name, column, list(values))
+
+    @abstractmethod
+    def _replace_where(self, df: DataFrame, name: str, column: str, values: list) -> None:
+        """`replace_where` on an existing table, with at least one value."""
 
     @abstractmethod
     def append(
@@ -113,12 +123,22 @@ class TableStore(ABC):
         """Add `df`'s rows. Refuses a schema that differs from the table's. Returns False when `txn`
         was already committed (the write is skipped), True otherwise."""
 
-    @abstractmethod
     def merge(
         self, df: DataFrame, name: str, keys: Sequence[str], partition_by: list[str] | None = None
     ) -> None:
         """Upsert: a row of `df` replaces the table's row with the same `keys`, or is inserted. Creates
         the table (partitioned by `partition_by`) when it does not exist."""
+        refuse_timestamp_ntz(df.schema, name)
+        if not self.exists(name):
+            self.overwrite(df, name, partition_by)
+            return
+        if check_write_schema(self.read(name).schema, df.schema, name):
+            raise StorageError(f"table {name}: merge does not add columns; write them with append first")
+        self._merge(df, name, list(keys))
+
+    @abstractmethod
+    def _merge(self, df: DataFrame, name: str, keys: list[str]) -> None:
+        """`merge` into an existing table of the same schema."""
 
     # ------------------------------------------------------------ maintenance
 

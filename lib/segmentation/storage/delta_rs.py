@@ -148,13 +148,7 @@ class DeltaRsStore(TableStore):
     def overwrite(self, df: DataFrame, name: str, partition_by: list[str] | None = None) -> None:
         self._write(df, name, mode="overwrite", partition_by=partition_by or [])
 
-    def replace_where(self, df: DataFrame, name: str, column: str, values: Sequence) -> None:
-        if not self.exists(name):
-            self.overwrite(df, name, [column])
-            return
-        if not values:
-            log.info("table %s: no partitions to replace", name)
-            return
+    def _replace_where(self, df: DataFrame, name: str, column: str, values: list) -> None:
         self._write(df, name, mode="overwrite", partition_by=[column], replace=(column, values))
 
     def append(
@@ -168,25 +162,17 @@ class DeltaRsStore(TableStore):
         self._write(df, name, mode="append", partition_by=partition_by or [], txn=txn)
         return True
 
-    def merge(
-        self, df: DataFrame, name: str, keys: Sequence[str], partition_by: list[str] | None = None
-    ) -> None:
-        if not self.exists(name):
-            self.overwrite(df, name, partition_by)
-            return
-        table = self._table(name)
-        if check_write_schema(self.spark_schema(name), _nullable(df.schema), name):
-            raise StorageError(f"table {name}: merge does not add columns; write them with append first")
-        parts = list(table.metadata().partition_columns)
+    def _merge(self, df: DataFrame, name: str, keys: list[str]) -> None:
+        parts = self.partition_columns(name)
         existing = self.read(name)
         if len(parts) == 1 and parts[0] in keys:
             # Only the partitions the new rows fall in change: rewrite just those.
             column = parts[0]
             values = [r[0] for r in df.select(column).distinct().collect()]  # partitions, not rows
-            kept = existing.where(F.col(column).isin(values)).join(df.select(*keys), list(keys), "left_anti")
+            kept = existing.where(F.col(column).isin(values)).join(df.select(*keys), keys, "left_anti")
             self.replace_where(kept.unionByName(df), name, column, values)
             return
-        kept = existing.join(df.select(*keys), list(keys), "left_anti")
+        kept = existing.join(df.select(*keys), keys, "left_anti")
         self._write(kept.unionByName(df), name, mode="overwrite", partition_by=parts, keep_table=True)
 
     def _write(

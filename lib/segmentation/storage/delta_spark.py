@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from urllib.parse import unquote, urlparse
 
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
@@ -188,14 +188,7 @@ class DeltaSparkStore(TableStore):
         writer = self._writer(df, "overwrite").option("overwriteSchema", "true")
         self._commit(name, lambda: self._save(writer.partitionBy(*(partition_by or [])), name))
 
-    def replace_where(self, df: DataFrame, name: str, column: str, values: Sequence) -> None:
-        refuse_timestamp_ntz(df.schema, name)
-        if not self.exists(name):
-            self.overwrite(df, name, [column])
-            return
-        if not values:
-            log.info("table %s: no partitions to replace", name)
-            return
+    def _replace_where(self, df: DataFrame, name: str, column: str, values: list) -> None:
         parts = self.partition_columns(name)
         if parts != [column]:
             raise StorageError(f"table {name} is partitioned by {parts}, the write replaces by [{column}]")
@@ -231,15 +224,7 @@ class DeltaSparkStore(TableStore):
         seen = snap.transactions().get(txn[0])
         return bool(seen.isDefined()) and int(seen.get()) >= txn[1]
 
-    def merge(
-        self, df: DataFrame, name: str, keys: Sequence[str], partition_by: list[str] | None = None
-    ) -> None:
-        refuse_timestamp_ntz(df.schema, name)
-        if not self.exists(name):
-            self.overwrite(df, name, partition_by)
-            return
-        if check_write_schema(self.read(name).schema, df.schema, name):
-            raise StorageError(f"table {name}: merge does not add columns; write them with append first")
+    def _merge(self, df: DataFrame, name: str, keys: list[str]) -> None:
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         merge = (
             self._table(name)
