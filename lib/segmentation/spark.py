@@ -107,6 +107,10 @@ def get_spark(cfg: Config) -> SparkSession:
         builder = builder.master(master)
     user = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in cfg.spark.conf.items()}
     settings = dict(local_defaults(os.cpu_count() or 2)) if master.startswith("local") else {}
+    if master.startswith("local") and not cfg.storage.catalog:
+        # `segment sql` registers path tables in the session catalog; keep its warehouse directory
+        # beside the tables rather than in whatever directory the command runs from.
+        settings["spark.sql.warehouse.dir"] = str(Path(cfg.storage.root).resolve() / "_warehouse")
     settings.update(user)
     if not os.environ.get("PYSPARK_GATEWAY_PORT") and cfg.storage.engine != "delta-rs":
         settings.update(delta_settings(user))  # keeps the user's own jars and extensions

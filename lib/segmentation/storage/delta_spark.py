@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
@@ -83,7 +84,11 @@ class DeltaSparkStore(TableStore):
         name = self._check_name(name)
         if self._catalog_mode():
             return ".".join(p for p in (self.cfg.catalog, self.cfg.schema, name) if p)
-        return f"{self.cfg.root.rstrip('/')}/{name}"
+        root = self.cfg.root
+        if not urlparse(root).scheme:
+            # Absolute, so a catalog table's LOCATION does not resolve against the warehouse directory.
+            root = str(Path(root).resolve())
+        return f"{root.rstrip('/')}/{name}"
 
     def _ident(self, name: str) -> str:
         """The table in SQL: its catalog name, or delta.`path`."""

@@ -83,3 +83,16 @@ def test_deletion_vectors_are_refused_for_direct_file_readers_and_purged_by_main
     assert rs.read("dv").count() == 90
     assert dv_table.properties("dv")["delta.enableDeletionVectors"] == "false"
     assert dv_table.purge_deletion_vectors("dv") == 0
+
+
+def test_relative_roots_name_absolute_locations(spark, cfg, monkeypatch, tmp_path):
+    # A relative storage.root (./data/lake in conf/local.yaml) must not resolve against Spark's
+    # warehouse directory when `segment sql` registers the tables in the session catalog.
+    monkeypatch.chdir(tmp_path)
+    cfg.storage.root = "./lake"
+    store = make_store(spark, cfg, "delta-spark")
+    assert store.location("user_segments") == str(tmp_path / "lake" / "user_segments")
+    store.overwrite(spark.range(3), "user_segments")
+    assert store.register_views() == ["user_segments"]
+    assert spark.sql("SELECT count(*) AS n FROM user_segments VERSION AS OF 0").head().n == 3
+    assert spark.sql("DESCRIBE HISTORY user_segments").count() == 1
