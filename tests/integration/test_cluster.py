@@ -129,8 +129,9 @@ def test_readme_cluster_command_is_what_the_venv_wrapper_would_add():
         assert setting in wrapper, setting
 
 
-def test_bare_venv_spark_submit_adds_delta(tmp_path):
-    """`.venv/bin/spark-submit --master local[1] jobs/sql.py ...` with no Delta flags gets Delta."""
+def test_bare_venv_spark_submit_adds_delta_and_takes_spark_settings_from_the_config(tmp_path):
+    """`.venv/bin/spark-submit --master local[1] jobs/sql.py ...` with no Delta flags gets Delta, and
+    the YAML's spark.conf reaches the session spark-submit started."""
     submit = Path(sys.executable).parent / "spark-submit"
     proc = subprocess.run(
         [
@@ -143,9 +144,11 @@ def test_bare_venv_spark_submit_adds_delta(tmp_path):
             str(REPO / "conf" / "local.yaml"),
             "--set",
             f"storage.root={tmp_path}",
+            "--set",
+            "spark.conf={spark.sql.shuffle.partitions: 7, spark.executor.memory: 1200m}",
             "--format",
             "json",
-            "SELECT 1 AS one",
+            "SELECT 1 AS one, '${spark.sql.shuffle.partitions}' AS partitions, '${spark.executor.memory}' AS memory",
         ],
         capture_output=True,
         text=True,
@@ -153,7 +156,11 @@ def test_bare_venv_spark_submit_adds_delta(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"one": 1}
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "one": 1,
+        "partitions": "7",
+        "memory": "1200m",
+    }
     verbose = proc.stdout + proc.stderr
     assert "delta-spark_2.13-4.0.1.jar" in verbose and "DeltaSparkSessionExtension" in verbose
     assert "Delta Lake loaded" in verbose  # spark-submit merges the driver's stderr into its stdout
