@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from py4j.protocol import Py4JError
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 
@@ -149,7 +150,15 @@ class DeltaSparkStore(TableStore):
         return delta_log, delta_log.update(False, empty, empty)
 
     def snapshot(self, name: str) -> TableFiles:
-        delta_log, snap = self._jsnapshot(name)
+        try:
+            delta_log, snap = self._jsnapshot(name)
+        except (TypeError, Py4JError) as exc:
+            # Delta's log classes are not reachable under this name (a vendor runtime may package
+            # Delta elsewhere): fall back to what the public API says, refusing where it cannot tell.
+            log.warning(
+                "table %s: Delta's log is not reachable (%s); listing files through a read", name, exc
+            )
+            return self._snapshot_from_reader(name)
         files = DataFrame(snap.allFiles().toDF(), self.spark).select(
             "path",
             F.col("deletionVector").isNotNull().alias("has_dv"),
@@ -165,6 +174,21 @@ class DeltaSparkStore(TableStore):
         paths = sorted(_resolve(base, r.path, local) for r in entries)
         rows = None if any(r.rows is None for r in entries) else sum(r.rows for r in entries)
         return TableFiles(name, int(snap.version()), tuple(paths), rows)
+
+    def _snapshot_from_reader(self, name: str) -> TableFiles:
+        """The snapshot's files as Delta's reader lists them. Without the log it cannot see which files
+        carry deletion vectors, so a table that may have any (the deletionVectors feature) is refused."""
+        detail = self._detail(name)
+        if "deletionVectors" in (getattr(detail, "tableFeatures", None) or []):
+            raise StorageError(
+                f"table {name} may carry deletion vectors (its protocol has the feature) and this runtime's "
+                "Delta log is not reachable to check its files; rewrite the table without them "
+                "(REORG TABLE ... APPLY (PURGE), then ALTER TABLE ... DROP FEATURE deletionVectors)"
+            )
+        version = self.version(name)
+        frame = self.read(name, version)
+        files = tuple(sorted(local_file(f) for f in frame.inputFiles()))
+        return TableFiles(name, version, files, frame.count())
 
     # ------------------------------------------------------------ writing
 

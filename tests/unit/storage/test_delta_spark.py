@@ -96,3 +96,20 @@ def test_relative_roots_name_absolute_locations(spark, cfg, monkeypatch, tmp_pat
     assert store.register_views() == ["user_segments"]
     assert spark.sql("SELECT count(*) AS n FROM user_segments VERSION AS OF 0").head().n == 3
     assert spark.sql("DESCRIBE HISTORY user_segments").count() == 1
+
+
+def test_without_the_log_classes_the_snapshot_comes_from_the_reader_and_refuses_when_unsure(
+    spark, cfg, dv_table, monkeypatch, frame
+):
+    store = make_store(spark, cfg, "delta-spark")
+    store.overwrite(frame, "t", ["event_date"])
+    expected = store.snapshot("t")
+
+    def unreachable(self, name):
+        raise TypeError("'JavaPackage' object is not callable")  # what py4j says for a missing class
+
+    monkeypatch.setattr(DeltaSparkStore, "_jsnapshot", unreachable)
+    fallback = store.snapshot("t")
+    assert (fallback.version, fallback.files, fallback.rows) == (expected.version, expected.files, 3)
+    with pytest.raises(StorageError, match="may carry deletion vectors"):
+        dv_table.snapshot("dv")
