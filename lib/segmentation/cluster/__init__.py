@@ -179,7 +179,11 @@ def _cached_points(
     for representation in REPRESENTATIONS:
         frame = frame.withColumn(vector_column(representation), array_to_vector(representation))
     cores = spark.sparkContext.defaultParallelism
-    return frame.repartition(max(cores, frame.rdd.getNumPartitions())).cache()
+    # Partitioned by user and sorted: the fits sample and iterate over the same rows in the same order
+    # whatever order the table's files are listed in (a round-robin spread made k-means starts and
+    # Gaussian mixtures differ from one read of the same table to the next).
+    partitions = max(cores, frame.rdd.getNumPartitions())
+    return frame.repartition(partitions, "user_id").sortWithinPartitions("user_id").cache()
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> StageResult:
