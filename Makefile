@@ -20,8 +20,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest tests
 
+# The pure tier: no SparkSession, no training processes.
 test-fast: $(STAMP)
-	$(BIN)/pytest tests -m "not slow"
+	$(BIN)/pytest tests -m "not spark and not slow"
 
 # Not part of `make test`: about 15 minutes here. Results: docs/benchmark.json and docs/benchmark.md.
 bench: $(STAMP)

@@ -16,6 +16,14 @@ from segmentation.config import Config, load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tiers: a test that needs a SparkSession (directly or through another fixture) is marked `spark`;
+    pipeline and cluster tests are also marked `slow`; the rest is the pure tier (`make test-fast`)."""
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
+
+
 def make_config(root: Path, *overrides: str) -> Config:
     """conf/local.yaml with storage, input and reports under `root`, plus `overrides`."""
     return load_config(

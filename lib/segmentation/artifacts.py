@@ -1,18 +1,112 @@
-"""Non-table artifacts (models, scaling statistics) and the pointers that name the current one."""
+"""Non-table artifacts: where each one lives (`ArtifactPaths`, the one place their paths are spelled),
+the atomic write every one of them goes through, and the pointers that name the current version.
+
+Stdlib only (and the product's errors): the training processes import it too.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from segmentation.errors import StageError
+
+if TYPE_CHECKING:
+    from segmentation.config import Config
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through `write(temporary path)` and rename it into place: readers (and a crash
+    mid-write) see the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Per process: two writers of the same artifact (training ranks, retries) never share a temporary.
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def publish(pointer: Path, version: str) -> None:
-    """Point `pointer` at `version` atomically: readers see the old or the new version, never a torn file."""
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(version)
-    tmp.replace(pointer)
+    """Point `pointer` at `version` atomically."""
+    atomic_write_text(pointer, version)
 
 
 def published(pointer: Path) -> str | None:
     """The version `pointer` names, or None before anything was published."""
     return pointer.read_text().strip() if pointer.is_file() else None
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    """Every non-table artifact's location, from `storage.artifacts` (default `<storage.root>/_artifacts`),
+    `report.path`, `input.path` and `clustering.truth_path`."""
+
+    root: Path
+    reports: Path
+    truth: Path
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ArtifactPaths:
+        root = cfg.storage.artifacts or str(Path(cfg.storage.root) / "_artifacts")
+        truth = cfg.clustering.truth_path or cls.planted_truth_beside(cfg.input.path)
+        return cls(root=Path(root), reports=Path(cfg.report.path), truth=Path(truth))
+
+    @staticmethod
+    def planted_truth_beside(input_path: str) -> Path:
+        """Where `segment generate` writes the planted truth: beside the raw logs, `<input.path>_truth/`."""
+        raw = Path(input_path)
+        return raw.parent / f"{raw.name}_truth"
+
+    def scaling(self, features_run: str) -> Path:
+        """Scaling statistics of the user_features snapshot written by `features_run`."""
+        return self.root / "user_features" / features_run / "scaling.json"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model(self, version: str) -> Path:
+        return self.models / version / "model.pt"
+
+    @property
+    def current_model(self) -> Path:
+        """The pointer naming the model downstream stages use: the last one `train` published."""
+        return self.models / "CURRENT"
+
+    def current_model_file(self) -> Path:
+        """The model file the pointer names; a StageError before any model was published."""
+        version = published(self.current_model)
+        if version is None:
+            raise StageError(f"no trained model under {self.models}: run the train stage first")
+        return self.model(version)
+
+    def checkpoint(self, run_id: str) -> Path:
+        return self.root / "checkpoints" / run_id / "checkpoint.pt"
+
+    @property
+    def segmenters(self) -> Path:
+        """Fitted segmentation models (one per cluster run) and the CURRENT pointer `assign` follows."""
+        return self.root / "segmenters"
+
+    def segmenter(self, run_id: str) -> Path:
+        return self.segmenters / run_id
+
+    @property
+    def current_segmenter(self) -> Path:
+        return self.segmenters / "CURRENT"
+
+    def report(self, run_id: str) -> Path:
+        return self.reports / f"report-{run_id}.html"
+
+    @property
+    def mlruns(self) -> Path:
+        return self.root / "mlruns"

@@ -11,41 +11,38 @@ import csv
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from segmentation.errors import SegmentationError
+from segmentation.registry import COMMANDS, STAGES
 
 log = logging.getLogger("segmentation.cli")
-
-STAGES = (
-    "generate",
-    "ingest",
-    "features",
-    "train",
-    "embed",
-    "cluster",
-    "report",
-    "run",
-    "assign",
-    "maintain",
-    "sql",
-    "bench",
-)
-NOT_YET = {"assign": "no issue yet; `cluster` already saves the model it needs under <artifacts>/segmenters"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segment",
         description="Deep user segmentation on Spark.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            "--conf here takes the product's YAML config file, never a Spark setting. Under spark-submit, "
-            "Spark's own --conf key=value goes before the job file and the product's --conf FILE after "
-            "it: spark-submit --conf spark.executor.memory=4g jobs/run.py --conf conf/local.yaml. Spark "
-            "settings can also live in the YAML, under spark.conf."
+            "stages:\n"
+            + "".join(f"  {s.name:<10} {s.help}\n" for s in STAGES)
+            + "other commands:\n"
+            + "".join(f"  {name:<10} {text}\n" for name, text in COMMANDS.items())
+            + "\n"
+            + textwrap.fill(
+                "--conf here takes the product's YAML config file, never a Spark setting. Under "
+                "spark-submit, Spark's own --conf key=value goes before the job file and the product's "
+                "--conf FILE after it: spark-submit --conf spark.executor.memory=4g jobs/run.py --conf "
+                "conf/local.yaml. Spark settings can also live in the YAML, under spark.conf.",
+                width=100,
+            )
         ),
     )
-    parser.add_argument("stage", choices=STAGES, help="stage to run; 'run' runs ingest through report")
+    parser.add_argument(
+        "stage", choices=[*(s.name for s in STAGES), *COMMANDS], help="stage or command (listed below)"
+    )
     parser.add_argument("query", nargs="?", help="SQL query (stage 'sql' only)")
     parser.add_argument(
         "--conf",
@@ -85,6 +82,12 @@ def _configure_logging(verbose: bool) -> None:
     )
     for noisy in ("py4j", "matplotlib", "urllib3", "petastorm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pyspark.logger import PySparkLogger
+
+    # PySpark logs every SQL error as a JSON record on stderr before raising it; the CLI prints the
+    # error in one line itself (-v shows the records and the traceback).
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,10 +110,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     from segmentation.config import load_config
     from segmentation.errors import ConfigError
 
-    if args.stage in NOT_YET:
-        raise SegmentationError(
-            f"stage '{args.stage}' is not available yet (planned in {NOT_YET[args.stage]})"
-        )
     if args.stage == "sql" and not args.query:
         raise ConfigError('segment sql needs a query, e.g. segment sql "SELECT * FROM user_segments"')
     if args.stage != "sql" and args.query:
@@ -125,12 +124,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     spark = get_spark(cfg)
     if args.stage == "generate":
-        from segmentation import generate
+        from segmentation.tools import generate
 
-        result = generate.run(spark, cfg)
+        made = generate.run(spark, cfg)
         print(
-            f"generated {result['raw_lines']} log lines for {result['users']} users "
-            f"(+{result['bot_users']} bots) in {result['path']}; planted truth in {result['truth_path']}"
+            f"generated {made.raw_lines} log lines for {made.users} users (+{made.bot_users} bots) in "
+            f"{made.path}; planted truth in {made.truth_path}"
         )
         return 0
     if args.stage == "sql":
@@ -138,7 +137,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.stage == "bench":
         from pathlib import Path
 
-        from segmentation import bench
+        from segmentation.tools import bench
 
         results = bench.run(spark, cfg, Path(args.out))
         for key, target in results["targets"].items():
@@ -156,42 +155,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     from segmentation.pipeline import run_stage
 
     result = run_stage(spark, cfg, args.stage, args.run_id)
-    print(
-        json.dumps(
-            {
-                "stage": args.stage,
-                "rows_in": result.rows_in,
-                "rows_out": result.rows_out,
-                "rows_quarantined": result.rows_quarantined,
-                "rows_duplicate": result.rows_duplicate,
-                **{k: v for k, v in result.details.items() if k in _SUMMARY_KEYS},
-            },
-            default=str,
-        )
-    )
+    print(json.dumps({"stage": args.stage, **result.summary()}, default=str))
     return 0
-
-
-_SUMMARY_KEYS = {
-    "quarantined_by_reason",
-    "bot_users",
-    "features",
-    "users_excluded",
-    "losses",
-    "model_version",
-    "selected",
-    "path",
-    "mean_recon_error",
-    "as_of",
-    "seconds",
-}
 
 
 def _summary(spark, cfg, run_id: str, results: dict) -> None:
     """What `segment run` prints: segment sizes and where the report is."""
-    from segmentation.report import report_path
     from segmentation.storage import open_store
-    from segmentation.storage.names import USER_SEGMENTS
+    from segmentation.tables import USER_SEGMENTS
 
     store = open_store(spark, cfg.storage)
     sizes = (
@@ -208,7 +179,7 @@ def _summary(spark, cfg, run_id: str, results: dict) -> None:
     )
     for r in sizes:
         print(f"  segment {r['segment_id']}: {r['count']:>8} users ({r['count'] / max(total, 1):.1%})")
-    print(f"report: {report_path(cfg, run_id).resolve()}")
+    print(f"report: {cfg.paths.report(run_id).resolve()}")
 
 
 def _sql(spark, cfg, query: str, fmt: str, limit: int) -> int:

@@ -21,22 +21,12 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from segmentation.artifacts import ArtifactPaths
 from segmentation.errors import ConfigError
+from segmentation.tables import ALL_TABLES, CANONICAL_FIELDS, EVENT_TYPES
 
 Scalar = Union[str, int, float, bool]  # noqa: UP007 - kept as typing.Union for _coerce
 
-CANONICAL_FIELDS = (
-    "user_id",
-    "event_time",
-    "event_type",
-    "item_id",
-    "category",
-    "value",
-    "quantity",
-    "session_id",
-    "device",
-)
-EVENT_TYPES = ("view", "search", "cart", "purchase", "rate", "other")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -47,6 +37,9 @@ class SparkConfig:
     log_level: str = "WARN"
     conf: dict[str, Scalar] = field(default_factory=dict)
 
+    def validate(self) -> None:
+        """Nothing beyond the types."""
+
 
 @dataclass
 class StorageConfig:
@@ -55,6 +48,20 @@ class StorageConfig:
     catalog: str | None = None
     schema: str | None = None
     artifacts: str | None = None
+
+    def validate(self) -> None:
+        for name in ("catalog", "schema"):
+            value = getattr(self, name)
+            _require(
+                value is None or bool(_IDENTIFIER.match(value)),
+                f"storage.{name}",
+                "must be a plain SQL identifier",
+            )
+        _require(
+            (self.catalog is None) or (self.schema is not None),
+            "storage.schema",
+            "is required when storage.catalog is set",
+        )
 
 
 @dataclass
@@ -77,6 +84,28 @@ class InputConfig:
     )
     unknown_event_type: Literal["quarantine", "other"] = "quarantine"
 
+    def validate(self) -> None:
+        for name in self.mapping:
+            _require(
+                name in CANONICAL_FIELDS,
+                f"input.mapping.{name}",
+                f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})",
+            )
+        for name in self.constants:
+            _require(
+                name in CANONICAL_FIELDS,
+                f"input.constants.{name}",
+                f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})",
+            )
+        for name in self.event_types:
+            _require(
+                name in EVENT_TYPES,
+                f"input.event_types.{name}",
+                f"is not a canonical event type ({', '.join(EVENT_TYPES)})",
+            )
+        if self.format == "text":
+            _require(self.pattern is not None, "input.pattern", "is required when input.format is text")
+
 
 RuleAction = Literal["warn", "quarantine", "fail"]
 
@@ -98,6 +127,18 @@ class IngestConfig:
     rules: list[RuleConfig] = field(default_factory=list)
     rule_actions: dict[str, RuleAction] = field(default_factory=dict)
 
+    def validate(self) -> None:
+        _require(self.session_gap_minutes > 0, "ingest.session_gap_minutes", "must be positive")
+        _require(self.bot_max_events_per_day > 0, "ingest.bot_max_events_per_day", "must be positive")
+        _require(self.bot_max_events_per_minute > 0, "ingest.bot_max_events_per_minute", "must be positive")
+        for i, rule in enumerate(self.rules):
+            _require(
+                bool(_IDENTIFIER.match(rule.name)),
+                f"ingest.rules[{i}].name",
+                "must be an identifier (it becomes a reason code)",
+            )
+            _require(bool(rule.expect.strip()), f"ingest.rules[{i}].expect", "must be a SQL expression")
+
 
 @dataclass
 class GenerateConfig:
@@ -109,6 +150,18 @@ class GenerateConfig:
     bot_users: int = 5
     partitions: int | None = None
 
+    def validate(self) -> None:
+        _require(self.users >= 1, "generate.users", "must be at least 1")
+        _require(self.days >= 1, "generate.days", "must be at least 1")
+        _require(0 <= self.dirty_share < 0.5, "generate.dirty_share", "must be in [0, 0.5)")
+        _require(self.bot_users >= 0, "generate.bot_users", "must not be negative")
+        try:
+            dt.date.fromisoformat(self.start_date)
+        except ValueError:
+            raise ConfigError(
+                f"config key 'generate.start_date' must be a date YYYY-MM-DD, got {self.start_date!r}"
+            ) from None
+
 
 @dataclass
 class FeaturesConfig:
@@ -119,6 +172,26 @@ class FeaturesConfig:
     top_categories: int = 8
     top_devices: int = 4
     timezone: str = "UTC"
+
+    def validate(self) -> None:
+        _require(self.min_events >= 1, "features.min_events", "must be at least 1")
+        _require(self.clip_std > 0, "features.clip_std", "must be positive")
+        _require(self.top_categories >= 0, "features.top_categories", "must not be negative")
+        _require(self.top_devices >= 0, "features.top_devices", "must not be negative")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"config key 'features.timezone' must be a time zone name like UTC or Europe/Berlin, "
+                f"got {self.timezone!r}"
+            ) from None
+        if self.as_of is not None:
+            try:
+                dt.datetime.fromisoformat(self.as_of)
+            except ValueError:
+                raise ConfigError(
+                    f"config key 'features.as_of' must be an ISO-8601 date or time, got {self.as_of!r}"
+                ) from None
 
 
 @dataclass
@@ -153,11 +226,38 @@ class TrainingConfig:
     tracking_uri: str | None = None
     experiment: str = "segmentation"
 
+    def validate(self) -> None:
+        _require(self.epochs >= 1, "training.epochs", "must be at least 1")
+        _require(self.num_processes >= 1, "training.num_processes", "must be at least 1")
+        _require(self.batch_size >= 1, "training.batch_size", "must be at least 1")
+        _require(
+            self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+            "training.max_steps_per_epoch",
+            "must be at least 1 or null",
+        )
+        _require(self.learning_rate > 0, "training.learning_rate", "must be positive")
+        _require(self.embedding_dim >= 1, "training.embedding_dim", "must be at least 1")
+        _require(0 <= self.dropout < 1, "training.dropout", "must be in [0, 1)")
+        _require(self.noise_std >= 0, "training.noise_std", "must not be negative")
+        _require(self.grad_clip >= 0, "training.grad_clip", "must not be negative")
+        _require(0 <= self.validation_share < 0.5, "training.validation_share", "must be in [0, 0.5)")
+        _require(self.patience >= 0, "training.patience", "must not be negative")
+        _require(
+            self.stop_after_epochs is None or self.stop_after_epochs >= 1,
+            "training.stop_after_epochs",
+            "must be at least 1",
+        )
+        _require(all(h >= 1 for h in self.hidden_sizes), "training.hidden_sizes", "must hold positive sizes")
+        _require(self.cache_mb >= 0, "training.cache_mb", "must not be negative")
+
 
 @dataclass
 class EmbedConfig:
     method: Literal["arrow", "pandas_udf"] = "arrow"
     batch_size: int = 4096
+
+    def validate(self) -> None:
+        _require(self.batch_size >= 1, "embed.batch_size", "must be at least 1")
 
 
 @dataclass
@@ -198,12 +298,39 @@ class ClusteringConfig:
     stability: Literal["subsample", "seed", "off"] = "subsample"
     stability_fraction: float = 0.8
     label_features: int = 3
-    parallelism: int = 4  # candidates fitted and scored concurrently (Spark jobs from driver threads)
+    parallelism: int = 4
+    truth_path: str | None = (
+        None  # candidates fitted and scored concurrently (Spark jobs from driver threads)
+    )
+
+    def validate(self) -> None:
+        _require(len(self.k) > 0, "clustering.k", "must list at least one k")
+        _require(all(k >= 2 for k in self.k), "clustering.k", "must hold values of at least 2")
+        _require(len(self.algorithms) > 0, "clustering.algorithms", "must list at least one algorithm")
+        _require(self.max_iter >= 1, "clustering.max_iter", "must be at least 1")
+        _require(self.restarts >= 1, "clustering.restarts", "must be at least 1")
+        _require(self.init_steps >= 1, "clustering.init_steps", "must be at least 1")
+        _require(self.init_restarts >= 1, "clustering.init_restarts", "must be at least 1")
+        _require(self.init_sample_rows >= 1000, "clustering.init_sample_rows", "must be at least 1000")
+        _require(0 <= self.min_segment_share < 1, "clustering.min_segment_share", "must be in [0, 1)")
+        _require(-1 <= self.min_stability <= 1, "clustering.min_stability", "must be in [-1, 1]")
+        _require(0 < self.stability_fraction <= 1, "clustering.stability_fraction", "must be in (0, 1]")
+        _require(len(self.candidates) > 0, "clustering.candidates", "must list a representation")
+        _require(self.parallelism >= 1, "clustering.parallelism", "must be at least 1")
+        _require(self.label_features >= 1, "clustering.label_features", "must be at least 1")
+        if self.selection_metric == "silhouette" and len(set(self.candidates)) > 1:
+            raise ConfigError(
+                "config key 'clustering.selection_metric' silhouette cannot compare representations "
+                "(each is measured in its own space): use silhouette_common with several candidates"
+            )
 
 
 @dataclass
 class ReportConfig:
     path: str = "./data/reports"
+
+    def validate(self) -> None:
+        """Nothing beyond the types."""
 
 
 @dataclass
@@ -215,6 +342,20 @@ class PrivacyConfig:
     pii_fields: list[str] = field(default_factory=list)
     min_segment_size: int = 50
 
+    def validate(self) -> None:
+        _require(self.min_segment_size >= 0, "privacy.min_segment_size", "must not be negative")
+        for name in self.pii_fields:
+            _require(
+                name in CANONICAL_FIELDS and name not in ("user_id", "event_time"),
+                "privacy.pii_fields",
+                f"lists {name!r}: only optional canonical fields can be withheld from silver",
+            )
+        _require(
+            (self.secret_scope is None) == (self.secret_key is None),
+            "privacy.secret_key",
+            "and privacy.secret_scope go together (a Databricks secret)",
+        )
+
 
 @dataclass
 class MaintainConfig:
@@ -223,6 +364,18 @@ class MaintainConfig:
     optimize: bool = True
     vacuum_retain_hours: float | None = 168.0
     allow_short_retention: bool = False
+
+    def validate(self) -> None:
+        for name in self.tables:
+            _require(name in ALL_TABLES, "maintain.tables", f"lists {name!r}, not a product table")
+        retain = self.vacuum_retain_hours
+        _require(retain is None or retain >= 0, "maintain.vacuum_retain_hours", "must not be negative")
+        _require(
+            retain is None or retain >= 168 or self.allow_short_retention,
+            "maintain.vacuum_retain_hours",
+            "under 168 (a week) can delete files a running job or a time-travel query still reads; set "
+            "maintain.allow_short_retention: true to accept that",
+        )
 
 
 @dataclass
@@ -238,6 +391,11 @@ class BenchConfig:
     # The first size's logs again through spark-submit on a standalone cluster on this machine (two
     # 1-core workers; training on the executors), stage by stage beside the local run.
     cluster: bool = True
+
+    def validate(self) -> None:
+        _require(len(self.e2e_events) >= 2, "bench.e2e_events", "must list at least two sizes")
+        _require(self.repeats >= 1, "bench.repeats", "must be at least 1")
+        _require(self.train_epochs >= 2, "bench.train_epochs", "must be at least 2")
 
 
 @dataclass
@@ -257,12 +415,9 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     @property
-    def artifacts_root(self) -> str:
-        """Where models, scaling statistics and other non-table artifacts live."""
-        return self.storage.artifacts or str(Path(self.storage.root) / "_artifacts")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def paths(self) -> ArtifactPaths:
+        """Where models, scaling statistics, reports and other non-table artifacts live."""
+        return ArtifactPaths.from_config(self)
 
 
 BASE_CONF = resources.files("segmentation") / "resources" / "base.yaml"
@@ -428,145 +583,6 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 
 def _check_values(cfg: Config) -> None:
-    """Checks that types alone cannot express; each names the offending key."""
-    _require(cfg.generate.users >= 1, "generate.users", "must be at least 1")
-    _require(cfg.generate.days >= 1, "generate.days", "must be at least 1")
-    _require(0 <= cfg.generate.dirty_share < 0.5, "generate.dirty_share", "must be in [0, 0.5)")
-    _require(cfg.generate.bot_users >= 0, "generate.bot_users", "must not be negative")
-    try:
-        dt.date.fromisoformat(cfg.generate.start_date)
-    except ValueError:
-        raise ConfigError(
-            f"config key 'generate.start_date' must be a date YYYY-MM-DD, got {cfg.generate.start_date!r}"
-        ) from None
-    _require(cfg.ingest.session_gap_minutes > 0, "ingest.session_gap_minutes", "must be positive")
-    _require(cfg.ingest.bot_max_events_per_day > 0, "ingest.bot_max_events_per_day", "must be positive")
-    _require(cfg.features.min_events >= 1, "features.min_events", "must be at least 1")
-    _require(cfg.features.clip_std > 0, "features.clip_std", "must be positive")
-    _require(cfg.features.top_categories >= 0, "features.top_categories", "must not be negative")
-    _require(cfg.features.top_devices >= 0, "features.top_devices", "must not be negative")
-    try:
-        zoneinfo.ZoneInfo(cfg.features.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(
-            f"config key 'features.timezone' must be a time zone name like UTC or Europe/Berlin, "
-            f"got {cfg.features.timezone!r}"
-        ) from None
-    if cfg.features.as_of is not None:
-        try:
-            dt.datetime.fromisoformat(cfg.features.as_of)
-        except ValueError:
-            raise ConfigError(
-                f"config key 'features.as_of' must be an ISO-8601 date or time, got {cfg.features.as_of!r}"
-            ) from None
-    _require(cfg.training.epochs >= 1, "training.epochs", "must be at least 1")
-    _require(cfg.training.num_processes >= 1, "training.num_processes", "must be at least 1")
-    _require(cfg.training.batch_size >= 1, "training.batch_size", "must be at least 1")
-    _require(
-        cfg.training.max_steps_per_epoch is None or cfg.training.max_steps_per_epoch >= 1,
-        "training.max_steps_per_epoch",
-        "must be at least 1 or null",
-    )
-    _require(cfg.training.learning_rate > 0, "training.learning_rate", "must be positive")
-    _require(cfg.training.embedding_dim >= 1, "training.embedding_dim", "must be at least 1")
-    _require(0 <= cfg.training.dropout < 1, "training.dropout", "must be in [0, 1)")
-    _require(cfg.training.noise_std >= 0, "training.noise_std", "must not be negative")
-    _require(cfg.training.grad_clip >= 0, "training.grad_clip", "must not be negative")
-    _require(0 <= cfg.training.validation_share < 0.5, "training.validation_share", "must be in [0, 0.5)")
-    _require(cfg.training.patience >= 0, "training.patience", "must not be negative")
-    _require(
-        cfg.training.stop_after_epochs is None or cfg.training.stop_after_epochs >= 1,
-        "training.stop_after_epochs",
-        "must be at least 1",
-    )
-    _require(
-        all(h >= 1 for h in cfg.training.hidden_sizes), "training.hidden_sizes", "must hold positive sizes"
-    )
-    _require(cfg.training.cache_mb >= 0, "training.cache_mb", "must not be negative")
-    _require(cfg.embed.batch_size >= 1, "embed.batch_size", "must be at least 1")
-    _require(len(cfg.clustering.k) > 0, "clustering.k", "must list at least one k")
-    _require(all(k >= 2 for k in cfg.clustering.k), "clustering.k", "must hold values of at least 2")
-    _require(len(cfg.clustering.algorithms) > 0, "clustering.algorithms", "must list at least one algorithm")
-    _require(cfg.clustering.max_iter >= 1, "clustering.max_iter", "must be at least 1")
-    _require(cfg.clustering.restarts >= 1, "clustering.restarts", "must be at least 1")
-    _require(cfg.clustering.init_steps >= 1, "clustering.init_steps", "must be at least 1")
-    _require(cfg.clustering.init_restarts >= 1, "clustering.init_restarts", "must be at least 1")
-    _require(cfg.clustering.init_sample_rows >= 1000, "clustering.init_sample_rows", "must be at least 1000")
-    _require(0 <= cfg.clustering.min_segment_share < 1, "clustering.min_segment_share", "must be in [0, 1)")
-    _require(-1 <= cfg.clustering.min_stability <= 1, "clustering.min_stability", "must be in [-1, 1]")
-    _require(0 < cfg.clustering.stability_fraction <= 1, "clustering.stability_fraction", "must be in (0, 1]")
-    _require(len(cfg.clustering.candidates) > 0, "clustering.candidates", "must list a representation")
-    _require(len(cfg.bench.e2e_events) >= 2, "bench.e2e_events", "must list at least two sizes")
-    _require(cfg.bench.repeats >= 1, "bench.repeats", "must be at least 1")
-    _require(cfg.bench.train_epochs >= 2, "bench.train_epochs", "must be at least 2")
-    _require(cfg.clustering.parallelism >= 1, "clustering.parallelism", "must be at least 1")
-    _require(cfg.clustering.label_features >= 1, "clustering.label_features", "must be at least 1")
-    if cfg.clustering.selection_metric == "silhouette" and len(set(cfg.clustering.candidates)) > 1:
-        raise ConfigError(
-            "config key 'clustering.selection_metric' silhouette cannot compare representations "
-            "(each is measured in its own space): use silhouette_common with several candidates"
-        )
-    _require(cfg.privacy.min_segment_size >= 0, "privacy.min_segment_size", "must not be negative")
-    for name in ("catalog", "schema"):
-        value = getattr(cfg.storage, name)
-        _require(
-            value is None or bool(_IDENTIFIER.match(value)),
-            f"storage.{name}",
-            "must be a plain SQL identifier",
-        )
-    _require(
-        (cfg.storage.catalog is None) or (cfg.storage.schema is not None),
-        "storage.schema",
-        "is required when storage.catalog is set",
-    )
-    for name in cfg.input.mapping:
-        _require(
-            name in CANONICAL_FIELDS,
-            f"input.mapping.{name}",
-            f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})",
-        )
-    for name in cfg.input.constants:
-        _require(
-            name in CANONICAL_FIELDS,
-            f"input.constants.{name}",
-            f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})",
-        )
-    for name in cfg.input.event_types:
-        _require(
-            name in EVENT_TYPES,
-            f"input.event_types.{name}",
-            f"is not a canonical event type ({', '.join(EVENT_TYPES)})",
-        )
-    _require(cfg.ingest.bot_max_events_per_minute > 0, "ingest.bot_max_events_per_minute", "must be positive")
-    for i, rule in enumerate(cfg.ingest.rules):
-        _require(
-            bool(_IDENTIFIER.match(rule.name)),
-            f"ingest.rules[{i}].name",
-            "must be an identifier (it becomes a reason code)",
-        )
-        _require(bool(rule.expect.strip()), f"ingest.rules[{i}].expect", "must be a SQL expression")
-    for name in cfg.privacy.pii_fields:
-        _require(
-            name in CANONICAL_FIELDS and name not in ("user_id", "event_time"),
-            "privacy.pii_fields",
-            f"lists {name!r}: only optional canonical fields can be withheld from silver",
-        )
-    _require(
-        (cfg.privacy.secret_scope is None) == (cfg.privacy.secret_key is None),
-        "privacy.secret_key",
-        "and privacy.secret_scope go together (a Databricks secret)",
-    )
-    from segmentation.storage.names import ALL_TABLES  # the storage package imports this module
-
-    for name in cfg.maintain.tables:
-        _require(name in ALL_TABLES, "maintain.tables", f"lists {name!r}, not a product table")
-    retain = cfg.maintain.vacuum_retain_hours
-    _require(retain is None or retain >= 0, "maintain.vacuum_retain_hours", "must not be negative")
-    _require(
-        retain is None or retain >= 168 or cfg.maintain.allow_short_retention,
-        "maintain.vacuum_retain_hours",
-        "under 168 (a week) can delete files a running job or a time-travel query still reads; set "
-        "maintain.allow_short_retention: true to accept that",
-    )
-    if cfg.input.format == "text":
-        _require(cfg.input.pattern is not None, "input.pattern", "is required when input.format is text")
+    """Checks that types alone cannot express, each section's beside its fields; each names the key."""
+    for section in dataclasses.fields(cfg):
+        getattr(cfg, section.name).validate()

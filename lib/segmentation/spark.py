@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from importlib import resources
@@ -42,6 +43,12 @@ RECOMMENDED_SQL_CONF = {
     # standalone cluster of two 1-core workers that took ingest of 100k events from 55 to 109 s.
     "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
 }
+
+
+def local_cores(master: str) -> int:
+    """The cores a local master runs tasks on: N for local[N], every core for local[*]."""
+    match = re.match(r"local\[(\d+)", master)
+    return int(match.group(1)) if match else os.cpu_count() or 2
 
 
 def local_defaults(cores: int) -> dict[str, str]:
@@ -106,7 +113,7 @@ def get_spark(cfg: Config) -> SparkSession:
         master = cfg.spark.master or "local[*]"
         builder = builder.master(master)
     user = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in cfg.spark.conf.items()}
-    settings = dict(local_defaults(os.cpu_count() or 2)) if master.startswith("local") else {}
+    settings = dict(local_defaults(local_cores(master))) if master.startswith("local") else {}
     if master.startswith("local") and not cfg.storage.catalog:
         # `segment sql` registers path tables in the session catalog; keep its warehouse directory
         # beside the tables rather than in whatever directory the command runs from.

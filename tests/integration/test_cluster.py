@@ -17,9 +17,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from segmentation.cli import main
-from segmentation.generate import truth_path
 from segmentation.storage import open_store
-from segmentation.storage.names import ALL_TABLES, PIPELINE_RUNS
+from segmentation.tables import ALL_TABLES, PIPELINE_RUNS
 from tests.conftest import REPO, make_config, python_with_dependencies_only
 
 pytestmark = pytest.mark.slow
@@ -78,7 +77,7 @@ def test_readme_command_runs_the_pipeline_on_the_cluster(spark, standalone_clust
     assert ingest.rows_in == spark.read.text(str(tmp_path / "raw")).count()
 
     # Every eligible generated user is segmented, no bot is.
-    truth = spark.read.json(str(truth_path(cfg)))
+    truth = spark.read.json(str(cfg.paths.truth))
     segments = store.read("user_segments")
     expected = truth.where(~F.col("is_bot") & (F.col("valid_events") >= 1)).select("user_id")
     assert expected.count() > 2900

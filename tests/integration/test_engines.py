@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from segmentation.cli import main
 from segmentation.storage import TABLE_PROPERTIES, DeltaRsStore, DeltaSparkStore
-from segmentation.storage.names import ALL_TABLES
+from segmentation.tables import ALL_TABLES
 
 pytestmark = pytest.mark.slow
 

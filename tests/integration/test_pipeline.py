@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from segmentation import cluster
 from segmentation.cli import main
-from segmentation.generate import truth_path
 from segmentation.storage import open_store
-from segmentation.storage.names import PIPELINE_RUNS
+from segmentation.tables import PIPELINE_RUNS
 from tests.conftest import REPO
 
 CONTRACT = {
@@ -87,7 +85,7 @@ def test_segment_run_end_to_end(spark, lake, capsys):
         assert columns <= set(store.read(table).columns), (table, columns - set(store.read(table).columns))
 
     # Every non-bot generated user with at least one valid event has a segment; no bot has one.
-    truth = spark.read.json(str(truth_path(cfg)))
+    truth = spark.read.json(str(cfg.paths.truth))
     segments = store.read("user_segments")
     expected = truth.where(~F.col("is_bot") & (F.col("valid_events") >= 1)).select("user_id")
     assert expected.count() > 1900
@@ -122,7 +120,7 @@ def test_segment_run_end_to_end(spark, lake, capsys):
     profiles = store.read("segment_profiles").collect()
     assert all(p.n_users >= cfg.privacy.min_segment_size and p.label for p in profiles)
     assert sum(p.n_users for p in profiles) <= segments.count()
-    assert (cluster.segmenters_dir(cfg) / run_id / "segmenter.json").is_file()
+    assert (cfg.paths.segmenter(run_id) / "segmenter.json").is_file()
 
     # segment sql --format json: one JSON object per row.
     query = "SELECT segment_id, count(*) AS n FROM user_segments GROUP BY 1"

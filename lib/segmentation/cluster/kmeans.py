@@ -10,7 +10,7 @@ fit here costs less than one k-means|| fit.
 ML `KMeans` takes no initial centres (SPARK-10780 was never merged), so the refinement runs the
 RDD-based `mllib` KMeans with `setInitialModel` through the JVM and wraps its result in the ML model,
 with the training summary ML's own `fit` attaches: transform, save and `assign` see the same model
-class as from `KMeans.fit`. This needs classic Spark (py4j); `available` says whether it is there.
+class as from `KMeans.fit`. This needs classic Spark (py4j), as the table layer does.
 """
 
 from __future__ import annotations
@@ -22,16 +22,12 @@ from pyspark.ml.clustering import KMeans, KMeansModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.mllib.common import _py2java
 from pyspark.mllib.linalg import DenseVector
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 
+from segmentation.arrays import list_column_matrix
 from segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
-
-
-def available(spark: SparkSession) -> bool:
-    """Whether the JVM is reachable from this session (classic Spark, not Spark Connect)."""
-    return getattr(spark, "_jvm", None) is not None
 
 
 def driver_sample(vectors: DataFrame, features: str, rows: int, seed: int) -> np.ndarray:
@@ -41,8 +37,7 @@ def driver_sample(vectors: DataFrame, features: str, rows: int, seed: int) -> np
     if total > rows:
         vectors = vectors.sample(fraction=rows / total, seed=seed)
     column = vectors.select(vector_to_array(features).alias("values")).toArrow().column("values")
-    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.astype(np.float64).reshape(len(column), -1)
+    return list_column_matrix(column, np.float64)
 
 
 def best_start(sample: np.ndarray, k: int, restarts: int, seed: int) -> np.ndarray:

@@ -20,6 +20,8 @@ from pyspark.ml.stat import Summarizer
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from segmentation.arrays import list_column_matrix
+
 
 def squared_norm(arr: Column) -> Column:
     return F.aggregate(F.transform(arr, lambda x: x * x), F.lit(0.0), lambda acc, x: acc + x)
@@ -148,7 +150,7 @@ def _point_pass(
             count += np.bincount(own, minlength=k)
             rows = np.arange(len(own))
             for j, name in enumerate(names):
-                x = _rows(batch.column(j + 1))
+                x = list_column_matrix(batch.column(j + 1), np.float64)
                 norms = (x * x).sum(axis=1)
                 cross = x @ means[name].T
                 to_centroid = norms[:, None] - 2 * cross + (means[name] ** 2).sum(axis=1)[None, :]
@@ -191,12 +193,6 @@ def _point_pass(
 
 def _partial_columns(names: list[str]) -> list[str]:
     return ["_i", "_n"] + [c for name in names for c in (f"_dist_{name}", f"_sil_{name}")]
-
-
-def _rows(column: pa.Array) -> np.ndarray:
-    """A list<float|double> Arrow column of equal-length rows -> (rows, dim) float64."""
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-    return values.reshape(len(column), -1)
 
 
 def _space_stats(

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-TYPE_NAMES = ("view", "search", "cart", "purchase", "rate")
+from segmentation.tables import TYPED_EVENTS
+
+TYPE_NAMES = TYPED_EVENTS  # each gets a count and a share
 HOUR_BUCKETS = (("night", 0, 6), ("morning", 6, 12), ("afternoon", 12, 18), ("evening", 18, 24))
 SECONDS_PER_DAY = 86_400.0
 

@@ -2,7 +2,7 @@
 
     python -m segmentation.features.dictionary > docs/features.md
 
-tests/unit/features/test_dictionary.py fails when docs/features.md is out of date.
+tests/unit/features/test_features.py::test_feature_dictionary_in_the_docs_is_current fails when docs/features.md is out of date.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from segmentation.artifacts import atomic_write_text
 from segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,7 @@ class Scaler:
         return F.array(*parts)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(asdict(self), indent=2))
 
     @staticmethod
     def load(path: Path) -> Scaler:

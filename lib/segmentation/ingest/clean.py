@@ -9,8 +9,9 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DataType, NumericType, StructType
 
-from segmentation.config import CANONICAL_FIELDS, IngestConfig, InputConfig
+from segmentation.config import IngestConfig, InputConfig
 from segmentation.errors import ConfigError
+from segmentation.tables import CANONICAL_FIELDS
 
 REQUIRED_FIELDS = ("user_id", "event_time")
 

@@ -15,7 +15,7 @@ from pyspark.sql.types import ArrayType, DataType, MapType, StructType, Timestam
 
 from segmentation.config import StorageConfig
 from segmentation.errors import StorageError
-from segmentation.storage.names import ALL_TABLES, check_table_name
+from segmentation.tables import ALL_TABLES, check_table_name
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from segmentation.storage.base import (
     refuse_timestamp_ntz,
     sql_literal,
 )
-from segmentation.storage.names import ALL_TABLES
+from segmentation.tables import ALL_TABLES
 
 log = logging.getLogger(__name__)
 

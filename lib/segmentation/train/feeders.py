@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from segmentation.arrays import list_column_matrix
+
 log = logging.getLogger(__name__)
 
 COLUMN = "features"
@@ -85,14 +87,6 @@ def _rebatch(chunks: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarr
         carry = chunk[whole:]
 
 
-def _to_matrix(column) -> np.ndarray:
-    """A parquet list<float> column → (rows, dim) float32, without a Python loop over rows."""
-    flat = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    values = flat.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    rows = len(flat)
-    return values.reshape(rows, -1) if rows else np.zeros((0, 0), np.float32)
-
-
 class _Shard:
     """This rank's row groups, or every row group with row sharing when there are too few."""
 
@@ -106,7 +100,7 @@ class _Shard:
 
     def rows(self, path: str, group: int, validation: bool) -> np.ndarray:
         table = pq.ParquetFile(_local(path)).read_row_group(group, columns=[ID_COLUMN, COLUMN])
-        matrix = _to_matrix(table.column(COLUMN))
+        matrix = list_column_matrix(table.column(COLUMN))
         held_out = is_validation(
             table.column(ID_COLUMN).to_numpy(zero_copy_only=False), self.spec.validation_share
         )

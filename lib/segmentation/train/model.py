@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from segmentation.artifacts import atomic_write
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,11 @@ def build(spec: ModelSpec) -> Autoencoder:
 def save(model: Autoencoder, spec: ModelSpec, path: Path, scaling: dict | None = None) -> None:
     """Atomically write weights, spec and the scaling statistics the inputs were prepared with
     (plain tensors, lists and numbers: loadable with weights_only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     spec_dict = asdict(spec)
     spec_dict["hidden_sizes"] = list(spec.hidden_sizes)
     spec_dict["feature_names"] = list(spec.feature_names)
-    torch.save({"state_dict": model.state_dict(), "spec": spec_dict, "scaling": scaling or {}}, tmp)
-    tmp.replace(path)
+    blob = {"state_dict": model.state_dict(), "spec": spec_dict, "scaling": scaling or {}}
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
 def load_scaling(path: Path) -> dict:

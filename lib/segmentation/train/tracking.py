@@ -10,20 +10,26 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from segmentation.config import Config
+from segmentation.train.spec import TrainOutcome, TrainSpec
 
 log = logging.getLogger(__name__)
 
 
+# TrainSpec fields that are not settings: the data's files, the artifacts' paths, the statistics.
+NOT_PARAMS = ("files", "feature_names", "model_path", "checkpoint_path", "scaling", "version")
+
+
 def tracking_uri(cfg: Config) -> str:
-    return cfg.training.tracking_uri or (Path(cfg.artifacts_root).resolve() / "mlruns").as_uri()
+    return cfg.training.tracking_uri or cfg.paths.mlruns.resolve().as_uri()
 
 
-def log_training(cfg: Config, version: str, settings: dict, result: dict, model_file: Path) -> str:
+def log_training(cfg: Config, spec: TrainSpec, outcome: TrainOutcome) -> str:
     """Record one finished training in MLflow; returns the MLflow run id."""
     import mlflow
     import mlflow.pytorch
@@ -38,18 +44,21 @@ def log_training(cfg: Config, version: str, settings: dict, result: dict, model_
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(tracking_uri(cfg))
     mlflow.set_experiment(cfg.training.experiment)
-    model, spec = model_io.load(model_file)
-    example = np.zeros((2, spec.input_dim), dtype=np.float32)
+    model_file = Path(outcome.model_path)
+    model, model_spec = model_io.load(model_file)
+    example = np.zeros((2, model_spec.input_dim), dtype=np.float32)
     with torch.no_grad():  # the logged model's forward is the reconstruction
         signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
-    with mlflow.start_run(run_name=version) as run, warnings.catch_warnings():
+    settings = {k: v for k, v in asdict(spec).items() if k not in NOT_PARAMS}
+    settings["max_steps_per_epoch"] = cfg.training.max_steps_per_epoch
+    with mlflow.start_run(run_name=spec.version) as run, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow's own deprecation notices are not the user's business
         mlflow.log_params(
             {k: str(v) for k, v in settings.items()}
-            | {"model_version": version, "world_size": result["world_size"]}
+            | {"model_version": spec.version, "world_size": outcome.world_size}
         )
         for epoch, (train_loss, val_loss) in enumerate(
-            zip(result["losses"], result["val_losses"], strict=True), 1
+            zip(outcome.losses, outcome.val_losses, strict=True), 1
         ):
             mlflow.log_metrics({"train_loss": train_loss, "val_loss": val_loss}, step=epoch)
         mlflow.pytorch.log_model(

@@ -1,8 +1,8 @@
 """The distributed training function TorchDistributor runs in every process.
 
-Module-level and Spark-free: it imports torch itself, reads its shard through a feeder, and returns
-only small results (losses, the model path). Every rank runs exactly `steps_per_epoch` steps per epoch,
-so DDP never waits on a rank whose shard ran out.
+Spark-free: it imports torch itself, reads its shard through a feeder (`train_one_epoch` knows nothing
+about where batches come from), and returns only small results. Every rank runs exactly
+`spec.steps_per_epoch(world)` steps per epoch, so DDP never waits on a rank whose shard ran out.
 
 After every epoch rank 0 writes a checkpoint (model, optimizer, scheduler, epoch, early-stopping state,
 best weights) atomically; TorchDistributor does not restart failed ranks, so re-running the stage for
@@ -16,28 +16,199 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from segmentation.train.spec import TrainOutcome, TrainSpec
 
 FEW_STEPS = 200  # fewer optimizer steps than this left embeddings far from converged on generated data
 
+log = logging.getLogger(__name__)
 
-def train(spec: dict) -> dict:
-    """Train the autoencoder. `spec` keys: files, total_rows, feature_names, hidden_sizes,
-    embedding_dim, activation, dropout, noise_std, epochs, batch_size, learning_rate, lr_schedule,
-    grad_clip, validation_share, patience, stop_after_epochs, seed, feeder, cache_mb, use_gpu, model_path,
-    checkpoint_path, version."""
+
+@dataclass
+class TrainState:
+    """What a checkpoint carries beside the weights: where training stands and early stopping's memory."""
+
+    epoch: int = 0
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_val: float = float("inf")
+    bad_epochs: int = 0
+    best_state: dict | None = None
+    stopped_early: bool = False
+
+    def record(self, epoch: int, train_loss: float, val_loss: float, state_dict: dict, patience: int) -> None:
+        self.epoch = epoch
+        self.train_loss.append(train_loss)
+        self.val_loss.append(val_loss)
+        if val_loss < self.best_val - 1e-7:
+            self.best_val, self.bad_epochs = val_loss, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
+        else:
+            self.bad_epochs += 1
+            self.stopped_early = 0 < patience <= self.bad_epochs
+
+
+@dataclass
+class Process:
+    """This training process's place: its device, rank and world."""
+
+    device: object
+    rank: int
+    world: int
+    distributed: bool
+
+
+def train(spec: TrainSpec) -> TrainOutcome:
+    """Train the autoencoder `spec` describes; rank 0 writes the model (the best epoch by validation loss)."""
     import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
-    from segmentation.errors import StageError
     from segmentation.train import model as model_io
     from segmentation.train.feeders import Feeder, FeedSpec, validation_rows
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    log = logging.getLogger("segmentation.train.trainer")
+    proc = start_process(spec.use_gpu)
+    model_spec, net, optimizer, scheduler = build(spec, proc.device)
+    checkpoint = Path(spec.checkpoint_path)
+    state = restore_checkpoint(checkpoint, net, optimizer, scheduler)
+    if proc.rank == 0 and state.epoch:
+        log.info("resuming from the checkpoint after epoch %d", state.epoch)
+    ddp = _wrap(net, proc)
 
-    use_gpu = bool(spec["use_gpu"])
+    feed = FeedSpec(
+        tuple(spec.files), proc.rank, proc.world, spec.batch_size, spec.seed, spec.validation_share
+    )
+    held_out = torch.from_numpy(validation_rows(feed)).to(proc.device)
+    feeder = Feeder(spec.feeder, feed, spec.cache_mb << 20)
+    steps = spec.steps_per_epoch(proc.world)
+    if proc.rank == 0 and state.epoch == 0:
+        _log_plan(spec, proc, feeder, steps)
+
+    launched_at = state.epoch
+    epoch_seconds: list[float] = []  # this launch's epochs (steady throughput for the benchmark)
+    while state.epoch < spec.epochs and not state.stopped_early:
+        if spec.stop_after_epochs and state.epoch - launched_at >= spec.stop_after_epochs:
+            break
+        epoch = state.epoch + 1
+        torch.manual_seed(spec.seed * 100_003 + proc.rank * 1009 + epoch)
+        started = time.perf_counter()
+        totals = torch.zeros(4, device=proc.device)  # train loss sum, train rows, val loss sum, val rows
+        batches = feeder.epoch(epoch)
+        totals[:2] = train_one_epoch(
+            ddp, optimizer, batches, steps, spec.noise_std, spec.grad_clip, proc.device
+        )
+        batches.close()
+        scheduler.step()
+        totals[2:] = validate(net, held_out)
+        if proc.distributed:
+            torch.distributed.all_reduce(totals)  # every rank sees the same losses, makes the same decisions
+        train_loss = float(totals[0] / totals[1])
+        val_loss = float(totals[2] / totals[3]) if float(totals[3]) > 0 else train_loss
+        state.record(epoch, train_loss, val_loss, net.state_dict(), spec.patience)
+        epoch_seconds.append(time.perf_counter() - started)
+        if proc.rank == 0:
+            log.info(
+                "epoch %d/%d: train loss %.5f, validation loss %.5f, %.0f samples/s%s",
+                epoch,
+                spec.epochs,
+                train_loss,
+                val_loss,
+                float(totals[1]) / max(epoch_seconds[-1], 1e-9),
+                " (early stop)" if state.stopped_early else "",
+            )
+            save_checkpoint(checkpoint, net, optimizer, scheduler, state)
+
+    finished = state.epoch >= spec.epochs or state.stopped_early
+    if proc.rank == 0 and finished:
+        net.load_state_dict(state.best_state or net.state_dict())
+        model_io.save(net.to("cpu"), model_spec, Path(spec.model_path), spec.scaling)
+    return TrainOutcome(
+        losses=state.train_loss,
+        val_losses=state.val_loss,
+        epochs_done=state.epoch,
+        finished=finished,
+        stopped_early=state.stopped_early,
+        model_path=spec.model_path,
+        world_size=proc.world,
+        device=str(proc.device),
+        feeder=feeder.name,
+        feeder_cached=feeder.cached,
+        epoch_seconds=epoch_seconds,
+        batch_size=spec.batch_size,
+        samples_per_epoch=steps * proc.world * spec.batch_size,
+        processes=finish_process(proc),
+    )
+
+
+def build(spec: TrainSpec, device):
+    """The model's spec, the network on `device` (the same initial weights on every rank), the optimizer
+    and the learning-rate schedule."""
+    import torch
+
+    from segmentation.train import model as model_io
+
+    model_spec = model_io.ModelSpec(
+        input_dim=len(spec.feature_names),
+        hidden_sizes=tuple(spec.hidden_sizes),
+        embedding_dim=spec.embedding_dim,
+        feature_names=tuple(spec.feature_names),
+        version=spec.version,
+        activation=spec.activation,
+        dropout=spec.dropout,
+    )
+    torch.manual_seed(spec.seed)
+    net = model_io.build(model_spec).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=spec.learning_rate)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs)
+        if spec.lr_schedule == "cosine"
+        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    )
+    return model_spec, net, optimizer, scheduler
+
+
+def train_one_epoch(ddp, optimizer, batches, steps: int, noise_std: float, grad_clip: float, device):
+    """`steps` optimizer steps on batches from `batches` (float32 arrays); returns a tensor
+    (loss sum, rows). With `noise_std` > 0 the model reconstructs clean inputs from noisy ones."""
+    import torch
+
+    loss_fn = torch.nn.MSELoss()
+    totals = torch.zeros(2, device=device)
+    ddp.train()
+    for _ in range(steps):
+        x = torch.from_numpy(next(batches)).to(device)
+        noisy = x + noise_std * torch.randn_like(x) if noise_std > 0 else x
+        optimizer.zero_grad()
+        loss = loss_fn(ddp(noisy), x)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(ddp.parameters(), grad_clip)
+        optimizer.step()
+        totals[0] += loss.detach() * len(x)
+        totals[1] += len(x)
+    return totals
+
+
+def validate(net, held_out):
+    """(reconstruction loss sum, rows) over this rank's validation rows."""
+    import torch
+
+    net.eval()
+    with torch.no_grad():
+        if not len(held_out):
+            return torch.zeros(2, device=held_out.device)
+        loss = ((net(held_out) - held_out) ** 2).mean(dim=1).sum()
+        return torch.stack([loss, torch.tensor(float(len(held_out)), device=held_out.device)])
+
+
+def start_process(use_gpu: bool) -> Process:
+    """Pick the device and join the process group TorchDistributor's launcher set up (if any)."""
+    import torch
+    import torch.distributed as dist
+
+    from segmentation.errors import StageError
+
     if use_gpu and not torch.cuda.is_available():
         # Not a silent fall-back to CPU: a GPU cluster that trains on CPU looks healthy and is 10x slower.
         raise StageError(
@@ -50,166 +221,88 @@ def train(spec: dict) -> dict:
     distributed = "WORLD_SIZE" in os.environ
     if distributed:
         dist.init_process_group(backend="nccl" if use_gpu else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
     if not use_gpu:
         # Processes on one host share its cores; torch's default (every core per process) oversubscribes.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    return Process(device, rank, world, distributed)
 
-    model_spec = model_io.ModelSpec(
-        input_dim=len(spec["feature_names"]),
-        hidden_sizes=tuple(spec["hidden_sizes"]),
-        embedding_dim=spec["embedding_dim"],
-        feature_names=tuple(spec["feature_names"]),
-        version=spec["version"],
-        activation=spec["activation"],
-        dropout=spec["dropout"],
-    )
-    torch.manual_seed(spec["seed"])  # the same initial weights on every rank
-    net = model_io.build(model_spec).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=spec["learning_rate"])
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec["epochs"])
-        if spec["lr_schedule"] == "cosine"
-        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    )
-    state = {
-        "epoch": 0,
-        "train_loss": [],
-        "val_loss": [],
-        "best_val": float("inf"),
-        "bad_epochs": 0,
-        "best_state": None,
-        "stopped_early": False,
+
+def finish_process(proc: Process) -> list[dict]:
+    """Every rank's whereabouts (gathered to all), then leave the process group."""
+    here = _whereabouts(proc.rank)
+    if not proc.distributed:
+        return [here]
+    import torch.distributed as dist
+
+    gathered: list = [None] * proc.world
+    dist.all_gather_object(gathered, here)
+    dist.barrier()
+    dist.destroy_process_group()
+    return gathered
+
+
+def restore_checkpoint(path: Path, net, optimizer, scheduler) -> TrainState:
+    """Load the checkpoint at `path` into the model, optimizer and scheduler; a fresh state without one."""
+    import torch
+
+    if not path.is_file():
+        return TrainState()
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return TrainState(**saved["state"])
+
+
+def save_checkpoint(path: Path, net, optimizer, scheduler, state: TrainState) -> None:
+    """Atomically: a crash mid-write leaves the previous checkpoint."""
+    import dataclasses
+
+    import torch
+
+    from segmentation.artifacts import atomic_write
+
+    blob = {
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": dataclasses.asdict(state),
     }
-    checkpoint = Path(spec["checkpoint_path"])
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        net.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        if rank == 0:
-            log.info("resuming from the checkpoint after epoch %d", state["epoch"])
-    if distributed:
-        ddp = DistributedDataParallel(net, device_ids=[device.index] if use_gpu else None)
-    else:
-        ddp = net
-    loss_fn = torch.nn.MSELoss()
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
-    feed = FeedSpec(
-        tuple(spec["files"]), rank, world, spec["batch_size"], spec["seed"], spec["validation_share"]
+
+def _wrap(net, proc: Process):
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not proc.distributed:
+        return net
+    return DistributedDataParallel(
+        net, device_ids=[proc.device.index] if proc.device.type == "cuda" else None
     )
-    held_out = torch.from_numpy(validation_rows(feed)).to(device)
-    feeder = Feeder(spec["feeder"], feed, spec["cache_mb"] << 20)
-    train_rows = max(1, int(spec["total_rows"] * (1 - spec["validation_share"])))
-    steps = max(1, -(-train_rows // (world * spec["batch_size"])))
-    if rank == 0 and state["epoch"] == 0:
-        log.info(
-            "training: %d processes, feeder %s (%s), %d steps/epoch of %d rows, %s",
-            world,
-            feeder.name,
-            "rows held in memory" if feeder.cached else "read every epoch: over training.cache_mb",
+
+
+def _log_plan(spec: TrainSpec, proc: Process, feeder, steps: int) -> None:
+    log.info(
+        "training: %d processes, feeder %s (%s), %d steps/epoch of %d rows, %s",
+        proc.world,
+        feeder.name,
+        "rows held in memory" if feeder.cached else "read every epoch: over training.cache_mb",
+        steps,
+        spec.batch_size,
+        proc.device,
+    )
+    if steps * spec.epochs < FEW_STEPS:
+        log.warning(
+            "training: %d optimizer steps in all (%d epochs x %d steps) leave an autoencoder "
+            "undertrained; raise training.epochs or training.max_steps_per_epoch, or lower "
+            "training.batch_size",
+            steps * spec.epochs,
+            spec.epochs,
             steps,
-            spec["batch_size"],
-            device,
         )
-        if steps * spec["epochs"] < FEW_STEPS:
-            log.warning(
-                "training: %d optimizer steps in all (%d epochs x %d steps) leave an autoencoder "
-                "undertrained; raise training.epochs or training.max_steps_per_epoch, or lower "
-                "training.batch_size",
-                steps * spec["epochs"],
-                spec["epochs"],
-                steps,
-            )
-
-    launched_at = state["epoch"]
-    epoch_seconds: list[float] = []  # this launch's epochs (steady throughput for the benchmark)
-    while state["epoch"] < spec["epochs"] and not state["stopped_early"]:
-        if spec["stop_after_epochs"] and state["epoch"] - launched_at >= spec["stop_after_epochs"]:
-            break
-        epoch = state["epoch"] + 1
-        torch.manual_seed(spec["seed"] * 100_003 + rank * 1009 + epoch)
-        started = time.perf_counter()
-        totals = torch.zeros(4, device=device)  # train loss sum, train rows, val loss sum, val rows
-        ddp.train()
-        batches = feeder.epoch(epoch)
-        for _ in range(steps):
-            x = torch.from_numpy(next(batches)).to(device)
-            noisy = x + spec["noise_std"] * torch.randn_like(x) if spec["noise_std"] > 0 else x
-            optimizer.zero_grad()
-            loss = loss_fn(ddp(noisy), x)
-            loss.backward()
-            if spec["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(ddp.parameters(), spec["grad_clip"])
-            optimizer.step()
-            totals[0] += loss.detach() * len(x)
-            totals[1] += len(x)
-        batches.close()
-        scheduler.step()
-        net.eval()
-        with torch.no_grad():
-            if len(held_out):
-                totals[2] += ((net(held_out) - held_out) ** 2).mean(dim=1).sum()
-                totals[3] += len(held_out)
-        if distributed:
-            dist.all_reduce(totals)  # every rank sees the same losses and so makes the same decisions
-        train_loss = float(totals[0] / totals[1])
-        val_loss = float(totals[2] / totals[3]) if float(totals[3]) > 0 else train_loss
-        state["epoch"] = epoch
-        state["train_loss"].append(train_loss)
-        state["val_loss"].append(val_loss)
-        if val_loss < state["best_val"] - 1e-7:
-            state["best_val"], state["bad_epochs"] = val_loss, 0
-            state["best_state"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
-            state["stopped_early"] = 0 < spec["patience"] <= state["bad_epochs"]
-        epoch_seconds.append(time.perf_counter() - started)
-        if rank == 0:
-            rate = float(totals[1]) / max(epoch_seconds[-1], 1e-9)
-            log.info(
-                "epoch %d/%d: train loss %.5f, validation loss %.5f, %.0f samples/s%s",
-                epoch,
-                spec["epochs"],
-                train_loss,
-                val_loss,
-                rate,
-                " (early stop)" if state["stopped_early"] else "",
-            )
-            _save_checkpoint(checkpoint, net, optimizer, scheduler, state)
-
-    finished = state["epoch"] >= spec["epochs"] or state["stopped_early"]
-    if rank == 0 and finished:
-        net.load_state_dict(state["best_state"] or net.state_dict())  # the best epoch by validation loss
-        model_io.save(net.to("cpu"), model_spec, Path(spec["model_path"]), spec.get("scaling"))
-    # Where each rank ran (host, process, working directory, the package it imported): the run's
-    # record shows whether training ran on the driver or in executors, and with which code.
-    processes = [_whereabouts(rank)]
-    if distributed:
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, processes[0])
-        processes = gathered
-        dist.barrier()
-        dist.destroy_process_group()
-    return {
-        "losses": state["train_loss"],
-        "val_losses": state["val_loss"],
-        "epochs_done": state["epoch"],
-        "finished": finished,
-        "stopped_early": state["stopped_early"],
-        "model_path": spec["model_path"],
-        "world_size": world,
-        "device": str(device),
-        "feeder": feeder.name,
-        "feeder_cached": feeder.cached,
-        "epoch_seconds": epoch_seconds,
-        "batch_size": spec["batch_size"],
-        "samples_per_epoch": steps * world * spec["batch_size"],
-        "processes": processes,
-    }
 
 
 def _whereabouts(rank: int) -> dict:
@@ -224,20 +317,3 @@ def _whereabouts(rank: int) -> dict:
         "cwd": os.getcwd(),
         "package": os.path.dirname(segmentation.__file__),
     }
-
-
-def _save_checkpoint(path: Path, net, optimizer, scheduler, state: dict) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {
-            "model": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "state": state,
-        },
-        tmp,
-    )
-    tmp.replace(path)  # atomic: a crash mid-write leaves the previous checkpoint

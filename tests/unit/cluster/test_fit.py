@@ -8,7 +8,7 @@ from pyspark.ml.clustering import KMeansModel
 from pyspark.ml.functions import array_to_vector
 from sklearn.cluster import KMeans as LocalKMeans
 
-from segmentation.cluster import apply_model, fit
+from segmentation.cluster.fit import apply_model, fit
 from segmentation.cluster.kmeans import driver_sample
 
 

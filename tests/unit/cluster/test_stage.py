@@ -9,8 +9,9 @@ import pytest
 from pyspark.ml.clustering import BisectingKMeansModel, GaussianMixtureModel, KMeansModel
 from pyspark.ml.functions import array_to_vector
 
-from segmentation import cluster
-from segmentation.generate import truth_path
+from segmentation.cluster import stage as cluster
+from segmentation.cluster.fit import apply_model
+from segmentation.stage import StageContext
 from segmentation.storage import open_store
 
 MODELS = {
@@ -52,7 +53,7 @@ def planted(spark, cfg):
         ),
         "user_embeddings",
     )
-    path = truth_path(cfg)
+    path = cfg.paths.truth
     path.mkdir(parents=True)
     (path / "part-0.json").write_text(
         "\n".join(json.dumps({"user_id": u, "segment": f"p{t}"}) for u, t in zip(users, truth, strict=True))
@@ -66,7 +67,7 @@ def test_cluster_stage_on_planted_segments(spark, cfg, planted):
     cfg.clustering.algorithms = ["kmeans", "gaussian_mixture"]  # bisecting: in the pipeline test
     cfg.clustering.label_features = 1
     cfg.privacy.min_segment_size = 10
-    result = cluster.run(spark, cfg, "r1")
+    result = cluster.run(StageContext.create(spark, cfg, "r1"))
 
     evaluation = [r.asDict() for r in planted.read("clustering_evaluation").collect()]
     keys = {(r["representation"], r["algorithm"], r["k"]) for r in evaluation}
@@ -104,11 +105,11 @@ def test_cluster_stage_on_planted_segments(spark, cfg, planted):
     assert {p.label for p in profiles.values()} >= {"games", "night", "high activity"}
 
     # The saved model reproduces user_segments for the same embeddings.
-    manifest = json.loads((cluster.segmenters_dir(cfg) / "r1" / "segmenter.json").read_text())
+    manifest = json.loads((cfg.paths.segmenter("r1") / "segmenter.json").read_text())
     assert manifest["autoencoder_version"] == "m1" and manifest["features_run_id"] == "f1"
-    model = MODELS[manifest["algorithm"]].load(str(cluster.segmenters_dir(cfg) / "r1" / "model"))
+    model = MODELS[manifest["algorithm"]].load(str(cfg.paths.segmenter("r1") / "model"))
     points = planted.read("user_embeddings").withColumn("vector", array_to_vector("embedding"))
-    rescored = cluster.apply_model(model, points).select("user_id", "segment_id")
+    rescored = apply_model(model, points).select("user_id", "segment_id")
     assert rescored.join(segments.select("user_id", "segment_id"), ["user_id", "segment_id"]).count() == (
         SEGMENTS * PER_SEGMENT
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segmentation.embed import embed_users, embed_users_arrow, encode_batch
+from segmentation.embed.encoder import embed_users, embed_users_arrow, encode_batch
 from segmentation.train import model as model_io
 
 DIM = 6

@@ -6,13 +6,12 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
-from segmentation import features
-from segmentation.features import load_scaler, scaling_path
+from segmentation.features import stage as features
 from segmentation.features.dictionary import render
 from segmentation.features.scaling import Scaler
-from segmentation.ingest import SILVER_COLUMNS
+from segmentation.stage import StageContext
 from segmentation.storage import open_store
-from segmentation.storage.names import EVENTS_SILVER, USER_FEATURES
+from segmentation.tables import EVENTS_SILVER, SILVER_COLUMNS, USER_FEATURES
 from tests.conftest import REPO
 
 SILVER_SCHEMA = (
@@ -104,7 +103,7 @@ def store(spark, cfg):
 def test_every_family_by_hand(spark, cfg, store):
     write_silver(spark, store, SHOP)
     cfg.features.top_categories = 2
-    result = features.run(spark, cfg, "f1")
+    result = features.run(StageContext.create(spark, cfg, "f1"))
     assert result.rows_out == 2
     row = store.read(USER_FEATURES).where("user_id = 'u1'").head().asDict()
     expected = {
@@ -152,13 +151,13 @@ def test_missing_fields_skip_their_families(spark, cfg, store):
         for u, d, v in (("a", 1, 5.0), ("a", 3, 7.0), ("b", 2, 50.0), ("c", 4, 1.0))
     ]
     write_silver(spark, store, purchases)
-    features.run(spark, cfg, "f2")
+    features.run(StageContext.create(spark, cfg, "f2"))
     columns = set(store.read(USER_FEATURES).columns)
     assert {"purchase_total", "purchase_mean", "recency_days", "weekend_share"} <= columns
     assert not {
         c for c in columns if c.startswith(("share_cat", "share_device", "category_entropy", "quantity"))
     }
-    scaler = load_scaler(cfg, "f2")
+    scaler = Scaler.load(cfg.paths.scaling("f2"))
     # Everyone only purchases: the event-type shares are constant, dropped and recorded.
     assert {"share_purchase", "share_view"} <= set(scaler.dropped_constant)
     assert "share_purchase" not in scaler.feature_names
@@ -168,10 +167,10 @@ def test_missing_fields_skip_their_families(spark, cfg, store):
 
 def test_scaling_statistics_round_trip_and_are_reused(spark, cfg, store):
     write_silver(spark, store, SHOP)
-    features.run(spark, cfg, "f3")
-    scaler = load_scaler(cfg, "f3")
-    scaler.save(scaling_path(cfg, "copy"))
-    assert Scaler.load(scaling_path(cfg, "copy")) == scaler
+    features.run(StageContext.create(spark, cfg, "f3"))
+    scaler = Scaler.load(cfg.paths.scaling("f3"))
+    scaler.save(cfg.paths.scaling("copy"))
+    assert Scaler.load(cfg.paths.scaling("copy")) == scaler
     assert scaler.vocabulary["categories"] and scaler.vocabulary["devices"]
     table = store.read(USER_FEATURES)
     again = table.select("user_id", "features", scaler.transform().alias("recomputed")).collect()
@@ -187,9 +186,9 @@ def test_lookback_and_min_events_exclude_users(spark, cfg, store):
     )
     cfg.features.lookback_days = 3
     cfg.features.min_events = 2
-    result = features.run(spark, cfg, "f4")
+    result = features.run(StageContext.create(spark, cfg, "f4"))
     assert {r.user_id for r in store.read(USER_FEATURES).collect()} == {"u1", "u2"}
-    assert result.details["users_excluded"] == 1
+    assert result.users_excluded == 1
 
 
 def test_a_user_with_any_bot_event_is_left_out_of_features_and_vocabulary(spark, cfg, store):
@@ -199,10 +198,10 @@ def test_a_user_with_any_bot_event_is_left_out_of_features_and_vocabulary(spark,
     ]
     bot[0]["is_bot"] = True  # one flagged event is enough
     write_silver(spark, store, SHOP + bot)
-    result = features.run(spark, cfg, "f5")
+    result = features.run(StageContext.create(spark, cfg, "f5"))
     assert {r.user_id for r in store.read(USER_FEATURES).collect()} == {"u1", "u2"}
-    assert result.details["bot_users_excluded"] == 1 and result.details["users_excluded"] == 1
-    assert list(result.details["phase_seconds"]) == [
+    assert result.bot_users_excluded == 1 and result.users_excluded == 1
+    assert list(result.phase_seconds) == [
         "as_of and window",
         "bot users",
         "vocabulary",
@@ -210,7 +209,7 @@ def test_a_user_with_any_bot_event_is_left_out_of_features_and_vocabulary(spark,
         "write user_features",
         "counts",
     ]
-    assert "spam" not in load_scaler(cfg, "f5").vocabulary["categories"]
+    assert "spam" not in Scaler.load(cfg.paths.scaling("f5")).vocabulary["categories"]
 
 
 def test_feature_dictionary_in_the_docs_is_current():

@@ -2,9 +2,8 @@ import json
 
 from pyspark.sql import functions as F
 
-from segmentation import generate
-from segmentation.generate import truth_path
-from segmentation.generate.synthetic import PROFILES, generate_logs
+from segmentation.tools import generate
+from segmentation.tools.generate.synthetic import FUTURE_YEAR, PROFILES, generate_logs
 
 
 def test_generation_is_deterministic_and_plants_what_it_says(spark, cfg):
@@ -33,12 +32,12 @@ def test_generation_is_deterministic_and_plants_what_it_says(spark, cfg):
         ).count()
         > 0
     )
-    assert parsed.where("e.event_time LIKE '2031-%'").count() > 0
+    assert parsed.where(f"e.event_time LIKE '{FUTURE_YEAR}-%'").count() > 0
     assert events.groupBy("value").count().where("count > 1").count() > 0  # exact duplicates
 
 
 def test_run_writes_logs_and_truth_beside_them(spark, cfg):
     cfg.generate.users = 50
     result = generate.run(spark, cfg)
-    assert result["raw_lines"] == spark.read.text(cfg.input.path).count() > 50
-    assert spark.read.json(str(truth_path(cfg))).count() == 50 + cfg.generate.bot_users
+    assert result.raw_lines == spark.read.text(cfg.input.path).count() > 50
+    assert spark.read.json(str(cfg.paths.truth)).count() == 50 + cfg.generate.bot_users

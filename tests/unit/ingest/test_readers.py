@@ -9,11 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from segmentation import ingest
 from segmentation.errors import ConfigError
+from segmentation.ingest import stage as ingest
 from segmentation.ingest.readers import named_groups
+from segmentation.stage import StageContext
 from segmentation.storage import open_store
-from segmentation.storage.names import EVENTS_QUARANTINE, EVENTS_SILVER
+from segmentation.tables import EVENTS_QUARANTINE, EVENTS_SILVER
 
 
 def _silver(spark, cfg):
@@ -44,7 +45,7 @@ def test_csv_with_header_options_and_compact_dates(spark, cfg):
         "value": "amount",
     }
     cfg.input.time_format = "yyyyMMdd"
-    result = ingest.run(spark, cfg, "csv")
+    result = ingest.run(StageContext.create(spark, cfg, "csv"))
     assert result.rows_in == 4  # records; the header is not one
     assert _reasons(spark, cfg) == {"invalid_timestamp": 1, "malformed_record": 1}
     silver = _silver(spark, cfg)
@@ -70,7 +71,7 @@ def test_parquet_partition_directories_and_epoch_millis(spark, cfg):
         pq.write_table(table, folder / "part-0.parquet")
     cfg.input.format = "parquet"
     cfg.input.mapping = {"user_id": "uid", "event_time": "ts_ms", "event_type": "payload.kind"}
-    result = ingest.run(spark, cfg, "parquet")
+    result = ingest.run(StageContext.create(spark, cfg, "parquet"))
     assert (result.rows_in, result.rows_out) == (4, 4)
     silver = _silver(spark, cfg)
     assert silver[0].event_time == dt.datetime(2026, 9, 1, 0, 0)
@@ -89,7 +90,7 @@ def test_regex_text_with_header_and_variable_whitespace(spark, cfg):
     )
     cfg.input.format = "text"
     cfg.input.pattern = r"^(?<event_time>\d{4}-\d\d-\d\dT\S+)\s+(?<user_id>\w+)\s+(?<event_type>\w+)\s*$"
-    result = ingest.run(spark, cfg, "text")
+    result = ingest.run(StageContext.create(spark, cfg, "text"))
     assert (result.rows_in, result.rows_out, result.rows_quarantined) == (4, 2, 2)
     assert _reasons(spark, cfg) == {"pattern_mismatch": 2}
     assert [r.event_type for r in _silver(spark, cfg)] == ["view", "purchase"]
@@ -102,7 +103,7 @@ def test_gzip_json_and_constants(spark, cfg):
     with gzip.open(raw / "orders.json.gz", "wt") as handle:
         handle.write("\n".join(lines) + "\n")
     cfg.input.constants = {"event_type": "purchase", "quantity": 1}
-    result = ingest.run(spark, cfg, "gz")
+    result = ingest.run(StageContext.create(spark, cfg, "gz"))
     assert result.rows_out == 1
     row = _silver(spark, cfg)[0]
     assert (row.event_type, row.quantity, row.value) == ("purchase", 1, 9.5)
@@ -121,4 +122,4 @@ def test_bad_pattern_is_a_config_error(spark, cfg):
     cfg.input.format = "text"
     cfg.input.pattern = r"(?<user_id>\w+"
     with pytest.raises(ConfigError, match="input.pattern"):
-        ingest.run(spark, cfg, "bad")
+        ingest.run(StageContext.create(spark, cfg, "bad"))

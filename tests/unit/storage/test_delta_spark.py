@@ -25,6 +25,7 @@ def test_setup_installed_the_checked_jars_and_auto_takes_delta_spark(spark, cfg)
     assert state.catalogManager().v2SessionCatalog().getClass().getName().endswith("DeltaCatalog")
 
 
+@pytest.mark.spark
 def test_naming_the_extension_without_the_jars_is_not_delta(tmp_path):
     # A session built without the jars (storage.engine: delta-rs) whose spark.sql.extensions still names
     # Delta's extension: detection must not believe the text, and the engine says how to add the jars.

@@ -5,14 +5,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from segmentation import train
 from segmentation.errors import ConfigError, StageError
-from segmentation.features import scaling_path
 from segmentation.features.scaling import Scaler
+from segmentation.stage import StageContext
 from segmentation.storage import open_store
-from segmentation.storage.names import USER_FEATURES
+from segmentation.tables import USER_FEATURES
 from segmentation.train import model as model_io
+from segmentation.train import stage as train
 from segmentation.train import trainer
+from segmentation.train.spec import TrainSpec, per_process_batch, training_rows
 from segmentation.train.tracking import tracking_uri
 
 DIM = 5
@@ -37,7 +38,7 @@ def features_table(spark, cfg):
     table = frames[0].unionByName(frames[1]).unionByName(frames[2])
     open_store(spark, cfg.storage).overwrite(table, USER_FEATURES)
     Scaler([f"f{i}" for i in range(DIM)], [False] * DIM, [0.0] * DIM, [1.0] * DIM, 5.0, [], "feat").save(
-        scaling_path(cfg, "feat")
+        cfg.paths.scaling("feat")
     )
     cfg.training.num_processes = 2
     cfg.training.batch_size = 8
@@ -59,32 +60,32 @@ def _weights(path):
 def test_resume_after_interruption_equals_an_uninterrupted_run(spark, features_table):
     cfg = features_table
     cfg.training.feeder = "arrow"
-    whole = train.run(spark, cfg, "whole")
-    assert whole.details["finished"] and whole.details["world_size"] == 2
-    assert whole.details["losses"][-1] < whole.details["losses"][0]  # it learns
-    assert train.current_model_path(cfg) == train.model_path(cfg, "whole")
-    scaling = model_io.load_scaling(train.model_path(cfg, "whole"))
+    whole = train.run(StageContext.create(spark, cfg, "whole"))
+    assert whole.finished and whole.world_size == 2
+    assert whole.losses[-1] < whole.losses[0]  # it learns
+    assert cfg.paths.current_model_file() == cfg.paths.model("whole")
+    scaling = model_io.load_scaling(cfg.paths.model("whole"))
     assert scaling["feature_names"] == [f"f{i}" for i in range(DIM)] and scaling["run_id"] == "feat"
     client = MlflowClient(tracking_uri(cfg))
-    tracked = client.get_run(whole.details["mlflow_run_id"])
+    tracked = client.get_run(whole.mlflow_run_id)
     assert tracked.data.params["epochs"] == "6"
     assert [m.value for m in client.get_metric_history(tracked.info.run_id, "train_loss")] == pytest.approx(
-        whole.details["losses"]
+        whole.losses
     )
     logged = client.search_logged_models(experiment_ids=[tracked.info.experiment_id])
     assert logged and logged[0].source_run_id == tracked.info.run_id
 
     cfg.training.stop_after_epochs = 3
-    first = train.run(spark, cfg, "split")
-    assert not first.details["finished"] and first.details["epochs_done"] == 3
-    assert not train.model_path(cfg, "split").exists()
+    first = train.run(StageContext.create(spark, cfg, "split"))
+    assert not first.finished and first.epochs_done == 3
+    assert not cfg.paths.model("split").exists()
     cfg.training.stop_after_epochs = None
-    second = train.run(spark, cfg, "split")
-    assert second.details["finished"] and second.details["epochs_done"] == 6
-    assert second.details["losses"] == pytest.approx(whole.details["losses"], rel=1e-5)
+    second = train.run(StageContext.create(spark, cfg, "split"))
+    assert second.finished and second.epochs_done == 6
+    assert second.losses == pytest.approx(whole.losses, rel=1e-5)
     resumed, uninterrupted = (
-        _weights(train.model_path(cfg, "split")),
-        _weights(train.model_path(cfg, "whole")),
+        _weights(cfg.paths.model("split")),
+        _weights(cfg.paths.model("whole")),
     )
     for name, tensor in uninterrupted.items():
         assert torch.allclose(resumed[name], tensor, atol=1e-5), name
@@ -97,11 +98,11 @@ def test_petastorm_feeder_trains_a_usable_model(spark, features_table):
     cfg.training.feeder = "petastorm"
     cfg.training.epochs = 3
     cfg.training.max_steps_per_epoch = 2  # 38 training rows over 2 processes: batches grow from 8 to 10
-    result = train.run(spark, cfg, "peta")
-    assert result.details["feeder"] == "petastorm" and result.details["finished"]
-    assert result.details["batch_size"] == 10
-    assert result.details["samples_per_epoch"] == 2 * 2 * 10  # 2 steps of 10 rows in each process
-    model, spec = model_io.load(train.model_path(cfg, "peta"))
+    result = train.run(StageContext.create(spark, cfg, "peta"))
+    assert result.feeder == "petastorm" and result.finished
+    assert result.batch_size == 10
+    assert result.samples_per_epoch == 2 * 2 * 10  # 2 steps of 10 rows in each process
+    model, spec = model_io.load(cfg.paths.model("peta"))
     z = model.encode(torch.zeros(4, spec.input_dim))
     assert z.shape == (4, 2) and torch.isfinite(z).all()
 
@@ -113,9 +114,9 @@ def test_gpu_training_with_nccl(spark, features_table):
     cfg = features_table
     cfg.training.use_gpu = True
     cfg.training.num_processes = 1
-    result = train.run(spark, cfg, "gpu")
-    assert result.details["finished"] and result.details["device"] == "cuda:0"
-    assert result.details["losses"][-1] < result.details["losses"][0]
+    result = train.run(StageContext.create(spark, cfg, "gpu"))
+    assert result.finished and result.device == "cuda:0"
+    assert result.losses[-1] < result.losses[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
@@ -123,8 +124,8 @@ def test_use_gpu_without_a_gpu_fails_before_training(spark, features_table):
     cfg = features_table
     cfg.training.use_gpu = True
     with pytest.raises(ConfigError, match="sees no CUDA GPU on the driver"):
-        train.run(spark, cfg, "nogpu")
-    assert not train.checkpoint_path(cfg, "nogpu").exists()
+        train.run(StageContext.create(spark, cfg, "nogpu"))
+    assert not cfg.paths.checkpoint("nogpu").exists()
 
 
 def test_use_gpu_on_a_cluster_needs_spark_gpu_scheduling(spark, features_table):
@@ -132,13 +133,37 @@ def test_use_gpu_on_a_cluster_needs_spark_gpu_scheduling(spark, features_table):
     cfg.training.use_gpu = True
     cfg.training.local_mode = False
     with pytest.raises(ConfigError, match="spark.task.resource.gpu.amount"):
-        train.run(spark, cfg, "cluster")
+        train.run(StageContext.create(spark, cfg, "cluster"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 def test_a_training_process_without_a_gpu_refuses_use_gpu(tmp_path):
     """No silent fall-back to CPU inside a process TorchDistributor started without a GPU."""
-    spec = {"use_gpu": True, "checkpoint_path": str(tmp_path / "c.pt")}
+    spec = TrainSpec(
+        files=(),
+        total_rows=1,
+        feature_names=("f",),
+        hidden_sizes=(2,),
+        embedding_dim=1,
+        activation="relu",
+        dropout=0.0,
+        noise_std=0.0,
+        epochs=1,
+        batch_size=1,
+        learning_rate=0.1,
+        lr_schedule="constant",
+        grad_clip=0.0,
+        validation_share=0.0,
+        patience=0,
+        stop_after_epochs=None,
+        seed=0,
+        feeder="arrow",
+        cache_mb=0,
+        use_gpu=True,
+        model_path=str(tmp_path / "m.pt"),
+        checkpoint_path=str(tmp_path / "c.pt"),
+        version="v",
+    )
     with pytest.raises(StageError, match="sees no CUDA device in this process"):
         trainer.train(spec)
 
@@ -157,4 +182,5 @@ def test_batches_grow_so_an_epoch_keeps_its_step_count(users, max_steps, expecte
     training = TrainingConfig(
         batch_size=256, num_processes=2, validation_share=0.1, max_steps_per_epoch=max_steps
     )
-    assert train.per_process_batch(training, users) == expected
+    rows = training_rows(users, training.validation_share)
+    assert per_process_batch(training.batch_size, rows, training.num_processes, max_steps) == expected

@@ -21,7 +21,7 @@ def torch_embed_seconds(model_path: str, rows: np.ndarray, batch_size: int) -> f
     reconstruction error, the same `encode_batch`) for `rows` held in memory, in batches: the limit."""
     import torch
 
-    from segmentation.embed import encode_batch
+    from segmentation.embed.encoder import encode_batch
     from segmentation.train.model import load
 
     net, _ = load(model_path)

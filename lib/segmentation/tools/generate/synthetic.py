@@ -22,8 +22,10 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from segmentation.config import GenerateConfig
+from segmentation.tables import TYPED_EVENTS
 
-EVENT_TYPES = ("view", "search", "cart", "purchase", "rate")
+EVENT_TYPES = TYPED_EVENTS
+FUTURE_YEAR = dt.date.today().year + 5  # the year of the dirty records ingest must call future
 CATEGORIES = (
     "electronics",
     "fashion",
@@ -338,7 +340,7 @@ def _dirty(events: pd.DataFrame, params: _Params, rng: np.random.Generator) -> t
             record["value"] = -abs(record.get("value") or 19.99)
             record["quantity"] = record.get("quantity") or 1
         elif what == "future_timestamp":
-            record["event_time"] = "2031-" + record["event_time"][5:]
+            record["event_time"] = f"{FUTURE_YEAR}-" + record["event_time"][5:]
         if what not in ("malformed_record", "duplicate"):
             lines[row] = json.dumps(record, separators=(",", ":"))
         if what == "duplicate":

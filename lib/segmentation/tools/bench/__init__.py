@@ -7,6 +7,7 @@ repeats. The work happens under `bench.work_dir`, away from the product's own ta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,10 +23,11 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from segmentation.bench import peers
-from segmentation.bench.peers import median
+from segmentation.arrays import list_column_matrix
 from segmentation.config import Config
 from segmentation.spark import describe
+from segmentation.tools.bench import peers
+from segmentation.tools.bench.peers import median
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +99,8 @@ def _sized_config(cfg: Config, root: Path, events: int) -> Config:
 
 def end_to_end(spark: SparkSession, cfg: Config, work: Path) -> dict:
     """`segment run` (ingest → report, the configured defaults) on generated logs at each size."""
-    from segmentation import generate
     from segmentation.pipeline import run_pipeline
+    from segmentation.tools import generate
 
     seconds, events, stages, quality = {}, {}, {}, {}
     largest = None
@@ -108,15 +110,15 @@ def end_to_end(spark: SparkSession, cfg: Config, work: Path) -> dict:
         sized = _sized_config(cfg, root, target)
         generated = generate.run(spark, sized)
         log.info(
-            "bench: e2e %d events (%d lines generated); running the pipeline", target, generated["raw_lines"]
+            "bench: e2e %d events (%d lines generated); running the pipeline", target, generated.raw_lines
         )
         started = time.perf_counter()
         run_id, results = run_pipeline(spark, sized)
         seconds[str(target)] = time.perf_counter() - started
         events[str(target)] = results["ingest"].rows_in
         stages[str(target)] = _stage_seconds(spark, sized, run_id)
-        selected = results["cluster"].details["selected"]
-        baseline = results["cluster"].details.get("raw_baseline") or {}
+        selected = results["cluster"].selected
+        baseline = results["cluster"].raw_baseline or {}
         quality[str(target)] = {
             "selected": selected.get("ari_truth"),
             "raw_baseline": baseline.get("ari_truth"),
@@ -141,22 +143,23 @@ def end_to_end(spark: SparkSession, cfg: Config, work: Path) -> dict:
 def features_vs_pyarrow(spark: SparkSession, cfg: Config, repeats: int) -> dict:
     """The features stage (vocabulary, aggregation, scaling, Delta write) vs pyarrow group-bys computing
     the same per-user totals and shares from the same silver table, read by each side."""
-    from segmentation import features
+    from segmentation.features import stage as features
     from segmentation.features.aggregates import vocabulary
+    from segmentation.stage import StageContext
 
     spark_seconds, arrow_seconds, phases = [], [], []
     for i in range(repeats):
         describe(spark, f"bench: features stage {i + 1}/{repeats}")
         started = time.perf_counter()
-        result = features.run(spark, cfg, f"bench-features-{i}")
+        result = features.run(StageContext.create(spark, cfg, f"bench-features-{i}"))
         spark_seconds.append(time.perf_counter() - started)
-        phases.append(result.details["phase_seconds"])
+        phases.append(result.phase_seconds)
     vocab = vocabulary(
         _store(spark, cfg).read("events_silver"), cfg.features.top_categories, cfg.features.top_devices
     )
     for _ in range(repeats):
         started = time.perf_counter()
-        events = _read_with_pyarrow(_store(spark, cfg), "events_silver", SILVER_COLUMNS)
+        events = _read_with_pyarrow(_store(spark, cfg), "events_silver", FEATURE_INPUTS)
         users = peers.pyarrow_user_totals(events, list(vocab.categories), list(vocab.devices))
         arrow_seconds.append(time.perf_counter() - started)
     log.info(
@@ -177,7 +180,8 @@ def features_vs_pyarrow(spark: SparkSession, cfg: Config, repeats: int) -> dict:
 def training_vs_single_process(spark: SparkSession, cfg: Config, epochs: int) -> dict:
     """Steady samples/s of the train stage (TorchDistributor, every feeder) vs a single-process torch
     loop over the same users in memory; plus each launch's fixed overhead."""
-    from segmentation import train
+    from segmentation.stage import StageContext
+    from segmentation.train import stage as train
     from segmentation.train.feeders import petastorm_available, resolve_feeder
 
     settings = replace(cfg.training, epochs=epochs, patience=0, tracking=False, stop_after_epochs=None)
@@ -187,14 +191,14 @@ def training_vs_single_process(spark: SparkSession, cfg: Config, epochs: int) ->
         run_cfg = replace(cfg, training=replace(settings, feeder=feeder))
         describe(spark, f"bench: train ({feeder})")
         started = time.perf_counter()
-        result = train.run(spark, run_cfg, f"bench-train-{feeder}-{int(time.time())}").details
+        result = train.run(StageContext.create(spark, run_cfg, f"bench-train-{feeder}-{int(time.time())}"))
         total = time.perf_counter() - started
-        steady = median(result["epoch_seconds"][1:])
-        by_feeder[feeder] = result["samples_per_epoch"] / steady
-        batch_size = result["batch_size"]  # the per-process batch the launcher resolved
-        overhead[feeder] = total - sum(result["epoch_seconds"])
+        steady = median(result.epoch_seconds[1:])
+        by_feeder[feeder] = result.samples_per_epoch / steady
+        batch_size = result.batch_size  # the per-process batch the launcher resolved
+        overhead[feeder] = total - sum(result.epoch_seconds)
     features = _read_with_pyarrow(_store(spark, cfg), "user_features", ["features"]).column("features")
-    rows = np.stack(features.to_numpy(zero_copy_only=False)).astype(np.float32)
+    rows = list_column_matrix(features).copy()  # writable: the torch peer trains on it in place
     rows = rows[: max(1, int(len(rows) * (1 - settings.validation_share)))]
 
     def peer_rate(threads: int | None) -> float:
@@ -234,11 +238,10 @@ def embedding_vs_torch(spark: SparkSession, cfg: Config, work: Path, n_rows: int
     torch encoding the same rows from memory, with the model the largest end-to-end run trained."""
     import pyarrow.parquet as pq
 
-    from segmentation.embed import METHODS
-    from segmentation.train import current_model_path
+    from segmentation.embed.encoder import METHODS
     from segmentation.train.model import load
 
-    model_path = str(current_model_path(cfg))
+    model_path = str(cfg.paths.current_model_file())
     _, spec = load(model_path)
     path = work / "embed_rows.parquet"
     rng = np.random.default_rng(0)
@@ -296,7 +299,7 @@ def kmeans_vs_sklearn(spark: SparkSession, cfg: Config, work: Path) -> dict:
     import pyarrow.parquet as pq
     from pyspark.ml.functions import array_to_vector
 
-    from segmentation.cluster import fit
+    from segmentation.cluster.fit import fit
 
     rng = np.random.default_rng(1)
     n, dim = cfg.bench.kmeans_rows, cfg.bench.kmeans_dim
@@ -348,7 +351,8 @@ def kmeans_vs_sklearn(spark: SparkSession, cfg: Config, work: Path) -> dict:
     }
 
 
-SILVER_COLUMNS = [
+# The silver columns the features stage reads, for the pyarrow peer.
+FEATURE_INPUTS = [
     "user_id",
     "event_time",
     "event_date",
@@ -397,12 +401,13 @@ def cluster_vs_local(spark: SparkSession, cfg: Config, work: Path, results: dict
     )
     conf = root / "bench-cluster.yaml"
     root.mkdir(parents=True)
-    conf.write_text(yaml.safe_dump(on_cluster.to_dict()))
+    conf.write_text(yaml.safe_dump(dataclasses.asdict(on_cluster)))
     cluster = StandaloneCluster(root / "standalone", workers=2, cores=1, memory="2g")
     url = cluster.start()
     try:
         submit = Path(sys.executable).parent / "spark-submit"
-        jobs = Path(__file__).resolve().parents[3] / "jobs" / "run.py"
+        # the source tree's job (the benchmark runs from a checkout: `make bench`)
+        jobs = next(p / "jobs" / "run.py" for p in Path(__file__).resolve().parents if (p / "jobs").is_dir())
         log.info("bench: e2e %s events again on the standalone cluster %s", size, url)
         started = time.perf_counter()
         proc = subprocess.run(
@@ -414,7 +419,8 @@ def cluster_vs_local(spark: SparkSession, cfg: Config, work: Path, results: dict
     finally:
         cluster.stop()
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        lines = (proc.stderr + proc.stdout).strip().splitlines() or ["(no output)"]
+        tail = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1])
         raise RuntimeError(f"bench: the cluster run failed: {tail}")
     # spark-submit merges the driver's log (stderr) into its stdout; the summary line names the run.
     run_id = re.search(r"^run (\S+): ", proc.stdout, re.M).group(1)
@@ -434,7 +440,7 @@ def cluster_vs_local(spark: SparkSession, cfg: Config, work: Path, results: dict
 
 
 def _stage_seconds(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
-    from segmentation.storage.names import PIPELINE_RUNS
+    from segmentation.tables import PIPELINE_RUNS
 
     rows = (
         _store(spark, cfg)

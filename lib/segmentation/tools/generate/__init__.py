@@ -1,31 +1,37 @@
-"""Stage `generate`: synthetic raw logs with planted segments (see synthetic.py)."""
+"""`segment generate`: synthetic raw logs with planted segments (see synthetic.py), for tests, the demo
+and the benchmark."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from segmentation.config import Config
-from segmentation.generate.synthetic import generate_logs
 from segmentation.spark import describe
+from segmentation.tools.generate.synthetic import generate_logs
 
 log = logging.getLogger(__name__)
 
 
-def truth_path(cfg: Config) -> Path:
-    """The planted truth sits beside the raw logs: `<input.path>_truth/` (JSON lines, one per user)."""
-    raw = Path(cfg.input.path)
-    return raw.parent / f"{raw.name}_truth"
+@dataclass(frozen=True)
+class Generated:
+    raw_lines: int
+    users: int
+    bot_users: int
+    path: Path
+    truth_path: Path
 
 
-def run(spark: SparkSession, cfg: Config) -> dict:
-    """Write raw JSON-lines logs to `input.path` (replacing what is there) and the truth beside them."""
+def run(spark: SparkSession, cfg: Config) -> Generated:
+    """Write raw JSON-lines logs to `input.path` (replacing what is there) and the planted truth (JSON
+    lines: user_id, segment) where `clustering.truth_path` points, by default beside them."""
     raw = Path(cfg.input.path)
-    truth = truth_path(cfg)
+    truth = cfg.paths.truth
     staging = raw.parent / f".generate-{uuid.uuid4().hex}"
     describe(spark, f"generate: {cfg.generate.users} users, {cfg.generate.days} days")
     logs = generate_logs(spark, cfg.generate)
@@ -44,10 +50,4 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         raw,
         truth,
     )
-    return {
-        "raw_lines": lines,
-        "users": cfg.generate.users,
-        "bot_users": cfg.generate.bot_users,
-        "path": str(raw),
-        "truth_path": str(truth),
-    }
+    return Generated(lines, cfg.generate.users, cfg.generate.bot_users, raw, truth)

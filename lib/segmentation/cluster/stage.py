@@ -1,0 +1,219 @@
+"""Stage `cluster`: user_embeddings and user_features → user_segments, segment_centroids,
+segment_profiles, clustering_evaluation, and the fitted segmenter `assign` scores new users with.
+
+Every (representation, algorithm, k) is fitted with MLlib on the same cached vectors and evaluated in
+its own space and in the common raw-feature space; `selection.select` picks the segmentation by the
+configured rule and records why every other partition lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pyspark.ml.functions import array_to_vector
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from segmentation.artifacts import atomic_write_text, publish
+from segmentation.cluster.evaluate import REPRESENTATIONS, Evaluation, evaluate_partition, log_evaluation
+from segmentation.cluster.fit import apply_model, fit, vector_column
+from segmentation.cluster.metrics import centroids, with_distance
+from segmentation.cluster.profiles import build_profiles, feature_columns, profile_schema, segment_sums
+from segmentation.cluster.selection import select
+from segmentation.errors import StageError
+from segmentation.stage import StageContext, StageResult, summary_field
+from segmentation.tables import (
+    CLUSTERING_EVALUATION,
+    CLUSTERING_EVALUATION_SCHEMA,
+    SEGMENT_CENTROIDS,
+    SEGMENT_PROFILES,
+    USER_EMBEDDINGS,
+    USER_FEATURES,
+    USER_SEGMENTS,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClusterResult(StageResult):
+    selected: dict = summary_field(default_factory=dict)
+    raw_baseline: dict | None = None
+    evaluations: list[Evaluation] = field(default_factory=list)
+
+
+def run(ctx: StageContext) -> ClusterResult:
+    cfg = ctx.cfg.clustering
+    embeddings = ctx.store.read_or_fail(USER_EMBEDDINGS, "cluster")
+    features = ctx.store.read_or_fail(USER_FEATURES, "cluster")
+    truth = planted_truth(ctx)
+    points = cached_points(embeddings, features, truth, ctx.spark.sparkContext.defaultParallelism)
+    try:
+        n_users = points.count()
+        if n_users < max(cfg.k):
+            raise StageError(f"{n_users} users cannot make {max(cfg.k)} segments: lower clustering.k")
+        results, models = _sweep(ctx, points, truth is not None)
+        selection = select(results, cfg)
+        for i, (result, reason) in enumerate(zip(results, selection.reasons, strict=True)):
+            result.selected, result.selection_reason = i == selection.index, reason
+        chosen = results[selection.index]
+        model = models[selection.index]
+        log.info(
+            "cluster: %s %s k=%d %s",
+            chosen.representation,
+            chosen.algorithm,
+            chosen.k,
+            chosen.selection_reason,
+        )
+        baseline = (
+            None if "raw" in cfg.candidates else results[select(results, cfg, candidates=["raw"]).index]
+        )
+        segments = _write_selected(ctx, model, points, chosen)
+    finally:
+        points.unpersist()
+    _save_segmenter(ctx, model, chosen, embeddings, features)
+    rows = [r.row(ctx.run_id) for r in results]
+    frame = ctx.spark.createDataFrame(rows, CLUSTERING_EVALUATION_SCHEMA)
+    ctx.store.replace_where(frame, CLUSTERING_EVALUATION, "run_id", [ctx.run_id])
+    return ClusterResult(
+        rows_in=n_users,
+        rows_out=segments,
+        selected=chosen.summary(),
+        raw_baseline=baseline.summary() if baseline else None,
+        evaluations=results,
+    )
+
+
+def _sweep(ctx: StageContext, points: DataFrame, has_truth: bool) -> tuple[list[Evaluation], list]:
+    """Every (representation, algorithm, k) candidate fitted and scored: evaluations and models, in
+    candidate order."""
+    cfg = ctx.cfg.clustering
+    candidates = [(r, a, k) for r in REPRESENTATIONS for a in cfg.algorithms for k in cfg.k]
+
+    def fit_and_score(candidate: tuple[str, str, int]):
+        representation, algorithm, k = candidate
+        ctx.describe(f"cluster: {representation} {algorithm} k={k}")
+        model = fit(points, algorithm, k, cfg, vector_column(representation))
+        result = evaluate_partition(model, points, has_truth, representation, algorithm, k, cfg)
+        log_evaluation(result)
+        return result, model
+
+    # On small data each fit and metric is a handful of short Spark jobs whose cost is scheduling
+    # latency, so candidates run side by side (Spark accepts jobs from several driver threads).
+    with ThreadPoolExecutor(max_workers=cfg.parallelism) as pool:
+        scored = list(pool.map(fit_and_score, candidates))
+    return [r for r, _ in scored], [m for _, m in scored]
+
+
+def cached_points(
+    embeddings: DataFrame, features: DataFrame, truth: DataFrame | None, cores: int
+) -> DataFrame:
+    """One row per user with every representation (`embedding`, `raw`: arrays, and their vectors) and,
+    for generated data, the planted `segment`: joined once and cached for the whole sweep, so no
+    candidate joins or re-reads anything; spread over at least every core."""
+    frame = embeddings.select("user_id", F.col("embedding").alias("embedding")).join(
+        features.select("user_id", F.col("features").alias("raw")), "user_id"
+    )
+    if truth is not None:
+        frame = frame.join(truth, "user_id", "left")
+    for representation in REPRESENTATIONS:
+        frame = frame.withColumn(vector_column(representation), array_to_vector(representation))
+    # Partitioned by user and sorted: the fits sample and iterate over the same rows in the same order
+    # whatever order the table's files are listed in (a round-robin spread made k-means starts and
+    # Gaussian mixtures differ from one read of the same table to the next).
+    partitions = max(cores, frame.rdd.getNumPartitions())
+    return frame.repartition(partitions, "user_id").sortWithinPartitions("user_id").cache()
+
+
+def planted_truth(ctx: StageContext) -> DataFrame | None:
+    """The planted segment of each user (`clustering.truth_path`; by default where `segment generate`
+    writes it), or None where there is none."""
+    path = ctx.paths.truth
+    if ctx.cfg.clustering.truth_path is None and not path.is_dir():
+        return None
+    if not path.exists():
+        raise StageError(f"clustering.truth_path: {path} does not exist")
+    return ctx.spark.read.json(str(path)).select("user_id", "segment")
+
+
+def _write_selected(ctx: StageContext, model, points: DataFrame, chosen: Evaluation) -> int:
+    """user_segments, segment_centroids and segment_profiles of the selected partition; returns the
+    number of users segmented."""
+    cfg, store, run_id = ctx.cfg, ctx.store, ctx.run_id
+    ctx.describe(f"cluster: write segments ({chosen.representation} {chosen.algorithm} k={chosen.k})")
+    representation = chosen.representation
+    assigned = (
+        apply_model(model, points, vector_column(representation))
+        .select("user_id", "segment_id", F.col(representation).alias("values"))
+        .cache()
+    )
+    try:
+        centres = centroids(assigned, "values", "segment_id").cache()
+        tags = [
+            F.lit(chosen.algorithm).alias("algorithm"),
+            F.lit(chosen.k).alias("k"),
+            F.lit(run_id).alias("run_id"),
+        ]
+        segments = with_distance(assigned, centres, "values", "segment_id").select(
+            "user_id",
+            "segment_id",
+            "distance",
+            *tags,
+            F.lit(chosen.representation).alias("representation"),
+        )
+        store.overwrite(segments, USER_SEGMENTS)
+        store.overwrite(
+            centres.select("segment_id", F.col("n").alias("size"), "centroid", *tags), SEGMENT_CENTROIDS
+        )
+        centres.unpersist()
+    finally:
+        assigned.unpersist()
+    written = store.read(USER_SEGMENTS)
+    features = store.read(USER_FEATURES)
+    names = feature_columns(features)
+    sums = [r.asDict() for r in segment_sums(written, features, names).collect()]  # one row per segment
+    profiles = build_profiles(
+        sums, names, cfg.privacy.min_segment_size, cfg.clustering.label_features, run_id
+    )
+    if profiles.merged_segments:
+        log.info(
+            "cluster: %d segments under privacy.min_segment_size=%d merged into segment -1 (other)%s",
+            profiles.merged_segments,
+            cfg.privacy.min_segment_size,
+            f"; {profiles.suppressed_users} users withheld" if profiles.suppressed_users else "",
+        )
+    for row in profiles.rows:
+        log.info(
+            "cluster: segment %3d  %6d users (%.1f%%)  %s",
+            row["segment_id"],
+            row["n_users"],
+            100 * row["share"],
+            row["label"],
+        )
+    store.overwrite(ctx.spark.createDataFrame(profiles.rows, profile_schema(names)), SEGMENT_PROFILES)
+    return sum(r["n_users"] for r in sums)
+
+
+def _save_segmenter(
+    ctx: StageContext, model, chosen: Evaluation, embeddings: DataFrame, features: DataFrame
+) -> None:
+    """Save the selected fitted model with what `assign` needs to score new users the same way: the
+    representation, and the autoencoder and feature snapshot it was fitted on."""
+    run_id = ctx.run_id
+    directory = ctx.paths.segmenter(run_id)
+    # saved reading a plain `vector` column (of the representation below), whatever the sweep called it
+    model.copy({model.featuresCol: "vector"}).write().overwrite().save(str(directory / "model"))
+    manifest = {
+        "run_id": run_id,
+        "representation": chosen.representation,
+        "algorithm": chosen.algorithm,
+        "k": chosen.k,
+        "autoencoder_version": embeddings.select("model_version").head()[0],
+        "features_run_id": features.select("run_id").head()[0],
+    }
+    atomic_write_text(directory / "segmenter.json", json.dumps(manifest, indent=2))
+    publish(ctx.paths.current_segmenter, run_id)
+    log.info("cluster: model saved to %s", directory)

@@ -1,0 +1,142 @@
+"""The report page: tables plus plots as inline PNG, from aggregate rows (a row per stage, per
+evaluated partition, per segment) as plain dicts. No Spark here."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+
+from segmentation.tables import CLUSTERING_EVALUATION_SCHEMA, columns
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, list):
+            value = ", ".join(map(str, value))
+        return html.escape("" if value is None else str(value))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _plots(evaluations: list[dict], profiles: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for (rep, algo), marker in zip(
+        sorted({(e["representation"], e["algorithm"]) for e in evaluations}), "osd^v<>", strict=False
+    ):
+        points = sorted(
+            (e["k"], e["silhouette"])
+            for e in evaluations
+            if e["representation"] == rep and e["algorithm"] == algo and e["silhouette"] is not None
+        )
+        if points:
+            axes[0].plot(*zip(*points, strict=True), marker=marker, label=f"{rep} / {algo}")
+    axes[0].set_xticks(sorted({e["k"] for e in evaluations}))
+    axes[0].set_xlabel("k")
+    axes[0].set_ylabel("silhouette")
+    axes[0].set_title("Silhouette by k")
+    axes[0].legend(fontsize=8)
+    shown = sorted(profiles, key=lambda p: p["segment_id"])
+    axes[1].bar([str(p["segment_id"]) for p in shown], [p["n_users"] for p in shown], color="#4c72b0")
+    axes[1].set_xlabel("segment")
+    axes[1].set_ylabel("users")
+    axes[1].set_title("Segment sizes")
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def _feature_table(profiles: list[dict]) -> str:
+    """Features as rows, segments as columns: each cell is the segment mean and its lift."""
+    if not profiles:
+        return ""
+    names = [c[len("mean_") :] for c in profiles[0] if c.startswith("mean_")]
+    columns = ["feature"] + [f"{p['segment_id']}: {p['label']}" for p in profiles]
+    rows = []
+    for name in names:
+        row = {"feature": name}
+        for p, column in zip(profiles, columns[1:], strict=True):
+            lift = p.get(f"lift_{name}")
+            row[column] = f"{p[f'mean_{name}']:.3g}" + ("" if lift is None else f" (×{lift:.2f})")
+        rows.append(row)
+    return "<h3>Feature means (lift vs all segmented users)</h3>" + _table(rows, columns)
+
+
+EVALUATION_COLUMNS = [c for c in columns(CLUSTERING_EVALUATION_SCHEMA) if c != "run_id"]
+STAGE_COLUMNS = [
+    "stage",
+    "status",
+    "started_at",
+    "finished_at",
+    "rows_in",
+    "rows_out",
+    "rows_quarantined",
+    "rows_duplicate",
+]
+
+
+def render(
+    run_id: str, stages: list[dict], evaluations: list[dict], profiles: list[dict], minimum: int
+) -> str:
+    """The page for `run_id`: its pipeline_runs rows, the clustering_evaluation rows of the clustering
+    that produced the segments, and the segment profiles shown (at least `minimum` users each)."""
+    ingest = next((s for s in stages if s["stage"] == "ingest"), None)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Segmentation report {html.escape(run_id)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+        "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#f0f0f0}</style></head><body>",
+        f"<h1>Segmentation report</h1><p>Run <code>{html.escape(run_id)}</code></p>",
+    ]
+    if ingest:
+        details = json.loads(ingest["details"] or "{}")
+        parts.append(
+            "<h2>Data accounted for</h2>"
+            f"<p>{ingest['rows_in']} records read = {ingest['rows_out']} kept + {ingest['rows_quarantined']} "
+            f"quarantined + {ingest['rows_duplicate']} duplicates. Bot users flagged (not segmented): "
+            f"{details.get('bot_users', 0)}.</p>"
+            + _table(
+                [
+                    {"reason": k, "records": v}
+                    for k, v in sorted(details.get("quarantined_by_reason", {}).items())
+                ],
+                ["reason", "records"],
+            )
+        )
+    if stages:
+        parts.append("<h2>Stages</h2>" + _table(stages, STAGE_COLUMNS))
+    parts.append(
+        "<h2>Clustering evaluation</h2><p>The embedding is compared with the same algorithms on the "
+        "scaled raw features (representation <code>raw</code>); the <code>_common</code> columns score every "
+        "partition in that one common space, so representations compare fairly.</p>"
+    )
+    parts.append(_table(evaluations, EVALUATION_COLUMNS))
+    parts.append(_plots(evaluations, profiles))
+    parts.append(
+        f"<h2>Segment profiles</h2><p>Segments under {minimum} users (privacy.min_segment_size) are merged "
+        "into segment -1 (other), which is itself withheld when still smaller. Labels name the features "
+        "whose segment mean lies furthest from the population mean, in population standard deviations.</p>"
+    )
+    shown = sorted(profiles, key=lambda p: p["segment_id"])
+    parts.append(_table(shown, ["segment_id", "label", "n_users", "share", "top_categories"]))
+    parts.append(_feature_table(shown))
+    parts.append("</body></html>")
+
+    return "\n".join(parts)

@@ -1,0 +1,50 @@
+"""Stage `report`: segment_profiles, clustering_evaluation and pipeline_runs → one HTML page.
+
+Everything it shows is an aggregate (a row per stage, per evaluated partition, per segment), so the
+driver only ever holds small tables. Segments smaller than `privacy.min_segment_size` are suppressed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pyspark.sql import functions as F
+
+from segmentation.artifacts import atomic_write_text
+from segmentation.report.render import render
+from segmentation.stage import StageContext, StageResult, summary_field
+from segmentation.tables import CLUSTERING_EVALUATION, PIPELINE_RUNS, SEGMENT_PROFILES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReportResult(StageResult):
+    path: str = summary_field("")
+    segments_suppressed: int = 0
+
+
+def run(ctx: StageContext) -> ReportResult:
+    store = ctx.store
+    profiles_all = [r.asDict() for r in store.read_or_fail(SEGMENT_PROFILES, "report").collect()]  # k rows
+    # The evaluation of the clustering run that produced the current segments.
+    cluster_run = profiles_all[0]["run_id"] if profiles_all else ctx.run_id
+    evaluations = store.read_or_fail(CLUSTERING_EVALUATION, "report").where(F.col("run_id") == cluster_run)
+    evaluations = [r.asDict() for r in evaluations.orderBy("representation", "algorithm", "k").collect()]
+    minimum = ctx.cfg.privacy.min_segment_size
+    # The cluster stage already merged small segments; this guards tables written by older versions.
+    profiles = [p for p in profiles_all if p["n_users"] >= minimum]
+    stages = []
+    if store.exists(PIPELINE_RUNS):
+        runs = store.read(PIPELINE_RUNS).where(F.col("run_id") == ctx.run_id).orderBy("started_at")
+        stages = [r.asDict() for r in runs.collect()]  # a row per stage
+    path = ctx.paths.report(ctx.run_id)
+    atomic_write_text(path, render(ctx.run_id, stages, evaluations, profiles, minimum))
+    log.info("report: %s", path.resolve())
+    return ReportResult(
+        rows_in=len(evaluations),
+        rows_out=1,
+        path=str(path.resolve()),
+        segments_suppressed=len(profiles_all) - len(profiles),
+    )

@@ -1,0 +1,85 @@
+"""The product's table names (DESIGN.md §3), the one place they are spelled, and the schemas of the
+tables the product builds row by row (the others take their schema from the frames written)."""
+
+from __future__ import annotations
+
+import re
+
+from segmentation.errors import StorageError
+
+EVENTS_BRONZE = "events_bronze"
+EVENTS_SILVER = "events_silver"
+EVENTS_QUARANTINE = "events_quarantine"
+USER_FEATURES = "user_features"
+USER_EMBEDDINGS = "user_embeddings"
+USER_SEGMENTS = "user_segments"
+SEGMENT_CENTROIDS = "segment_centroids"
+SEGMENT_PROFILES = "segment_profiles"
+CLUSTERING_EVALUATION = "clustering_evaluation"
+PIPELINE_RUNS = "pipeline_runs"
+
+ALL_TABLES = (
+    EVENTS_BRONZE,
+    EVENTS_SILVER,
+    EVENTS_QUARANTINE,
+    USER_FEATURES,
+    USER_EMBEDDINGS,
+    USER_SEGMENTS,
+    SEGMENT_CENTROIDS,
+    SEGMENT_PROFILES,
+    CLUSTERING_EVALUATION,
+    PIPELINE_RUNS,
+)
+
+# events_silver's columns: the canonical fields (DESIGN.md §3), then what ingest derives. BASE: as
+# silver holds them before sessions and bot flags are derived (again, when partitions are rebuilt).
+# silver's event_type values: the typed ones, then `other` (raw types no mapping names, where kept)
+TYPED_EVENTS = ("view", "search", "cart", "purchase", "rate")
+EVENT_TYPES = (*TYPED_EVENTS, "other")
+CANONICAL_FIELDS = (
+    "user_id",
+    "event_time",
+    "event_type",
+    "item_id",
+    "category",
+    "value",
+    "quantity",
+    "session_id",
+    "device",
+)
+SILVER_BASE_COLUMNS = ("event_id", *CANONICAL_FIELDS, "source_file", "run_id", "event_date")
+SILVER_COLUMNS = (
+    "event_id",
+    *CANONICAL_FIELDS,
+    "session_inferred",
+    "is_bot",
+    "bot_reason",
+    "source_file",
+    "run_id",
+    "event_date",
+)
+PIPELINE_RUNS_SCHEMA = (
+    "run_id string, stage string, status string, started_at timestamp, finished_at timestamp, "
+    "rows_in long, rows_out long, rows_quarantined long, rows_duplicate long, details string"
+)
+CLUSTERING_EVALUATION_SCHEMA = (
+    "run_id string, representation string, algorithm string, k int, silhouette double, "
+    "calinski_harabasz double, davies_bouldin double, wssse double, min_segment_share double, "
+    "stability_ari double, selected boolean, silhouette_common double, calinski_harabasz_common double, "
+    "davies_bouldin_common double, selection_reason string"
+)
+
+
+def columns(schema: str) -> tuple[str, ...]:
+    """The column names of a DDL schema string above."""
+    return tuple(part.strip().split(" ", 1)[0] for part in schema.split(","))
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_table_name(name: str) -> str:
+    """Table names become SQL identifiers and directory names: only plain identifiers pass."""
+    if not _IDENTIFIER.match(name):
+        raise StorageError(f"invalid table name {name!r}: use letters, digits and underscores")
+    return name
