@@ -206,9 +206,7 @@ class TrainingConfig:
     cache_mb: int = 1024
     batch_size: int = 256  # per process; the smallest, see max_steps_per_epoch
     # The per-process batch grows past batch_size until an epoch takes at most this many optimizer
-    # steps (null: never). The embedding's segment structure tracked the optimizer's steps, not the
-    # epochs: on generated logs, 4x the users at a fixed batch (4x the steps) cut ARI against the
-    # planted segments from 0.95 to 0.53-0.94 over three seeds; a fixed step count kept 0.87-0.96.
+    # steps (null: never); the measurements behind it: README, "Training and embedding".
     max_steps_per_epoch: int | None = 64
     learning_rate: float = 0.002
     hidden_sizes: list[int] = field(default_factory=lambda: [64])
@@ -268,11 +266,8 @@ class ClusteringConfig:
     )
     seed: int = 42
     max_iter: int = 20
-    # How k-means starts. sample: the best of `init_restarts` greedy k-means++ starts (scikit-learn) on a
-    # uniform sample of at most `init_sample_rows` users on the driver, then MLlib's Lloyd iterations
-    # over all users from those centres (reached the lowest-cost optimum from every seed tried where
-    # k-means|| starts mostly did not; see cluster/kmeans.py). k-means||: MLlib's own start, `restarts`
-    # full fits of `init_steps` rounds each.
+    # How k-means starts: sample (cluster/kmeans.py, which holds the measurements) or MLlib's k-means||
+    # (`restarts` full fits of `init_steps` rounds each).
     init_mode: Literal["sample", "k-means||"] = "sample"
     init_sample_rows: int = 50_000
     init_restarts: int = 10

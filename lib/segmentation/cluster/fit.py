@@ -44,11 +44,10 @@ def estimator(
 def fit(points: DataFrame, algorithm: str, k: int, cfg: ClusteringConfig, features: str = "vector"):
     """Fit one clusterer on the vector column `features` of `points`.
 
-    K-means starts, by default (`cfg.init_mode` sample), from the best of `cfg.init_restarts` k-means++
-    starts on a driver sample of at most `cfg.init_sample_rows` rows and is refined by MLlib over all
-    rows (`kmeans.fit_from_sample`). Gaussian mixtures, and k-means under `init_mode` k-means||, keep the best by training cost of
-    `cfg.restarts` fits under seeds cfg.seed, cfg.seed + 1, ... (as scikit-learn's n_init): one
-    k-means|| start lands in a poor local optimum often enough to split one real segment and merge two.
+    K-means starts, by default (`cfg.init_mode` sample), from a bounded driver sample and is refined
+    by MLlib over all rows (`kmeans.fit_from_sample`, which says why). Gaussian mixtures, and k-means
+    under `init_mode` k-means||, keep the best by training cost of `cfg.restarts` fits under seeds
+    cfg.seed, cfg.seed + 1, ... (as scikit-learn's n_init).
     Bisecting k-means is fitted once: its divisive 2-means splits gave the same partition under other
     seeds (stability_ari 0.99 on the same data), and each of its fits costs a job per level.
     """
