@@ -44,9 +44,7 @@ def run(ctx: StageContext) -> FeaturesResult:
         # Materialized, the bot list has a known size: under spark.sql.autoBroadcastJoinThreshold
         # (10 MB, ~300k ids) Spark broadcasts it, so no event is shuffled or sorted for the anti-join
         # and the vocabulary's counts combine before their shuffle.
-        events = silver.join(bots, "user_id", "left_anti").where(F.col("event_time") <= F.lit(as_of))
-        if cfg.lookback_days:
-            events = events.where(F.col("event_time") > F.lit(as_of - dt.timedelta(days=cfg.lookback_days)))
+        events = _window(silver.join(bots, "user_id", "left_anti"), as_of, cfg.lookback_days)
         phase("vocabulary")
         vocab = vocabulary(events, cfg.top_categories, cfg.top_devices)
         specs = feature_specs(vocab)
@@ -68,14 +66,9 @@ def run(ctx: StageContext) -> FeaturesResult:
             users.unpersist()
     seconds = phase.done()
     log.info(
-        "features: %d users x %d features (as of %s); %d users left out (%d bot users in silver, "
-        "too few events or none in the lookback); dropped constant: %s",
-        n_users,
-        len(scaler.feature_names),
-        as_of,
-        excluded,
-        n_bots,
-        scaler.dropped_constant,
+        "features: %d users x %d features (as of %s); %d users left out (%d bot users in silver, too few "
+        "events or none in the lookback); dropped constant: %s",
+        *(n_users, len(scaler.feature_names), as_of, excluded, n_bots, scaler.dropped_constant),
     )
     return FeaturesResult(
         rows_in=n_events,
@@ -87,6 +80,14 @@ def run(ctx: StageContext) -> FeaturesResult:
         bot_users_excluded=n_bots,
         phase_seconds=seconds,
     )
+
+
+def _window(events: DataFrame, as_of: dt.datetime, lookback_days: int | None) -> DataFrame:
+    """Events up to `as_of` and, with `lookback_days`, no older than that many days before it."""
+    events = events.where(F.col("event_time") <= F.lit(as_of))
+    if lookback_days:
+        events = events.where(F.col("event_time") > F.lit(as_of - dt.timedelta(days=lookback_days)))
+    return events
 
 
 def scaled_features(
