@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import logging
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -68,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("table", "json", "csv"), default="table", help="'sql' output format"
     )
     parser.add_argument("--out", metavar="FILE.json", help="'bench' only: results file (+ FILE.md beside)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="'generate' only: replace a non-empty input.path it did not write",
+    )
+    parser.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="'sql' only: run statements that change tables (by default only queries run)",
+    )
     parser.add_argument("--limit", type=int, default=1000, help="'sql' table format: rows to print at most")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     return parser
@@ -116,6 +127,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise ConfigError(f"unexpected argument {args.query!r} for stage {args.stage}")
     if args.resume and args.stage != "run":
         raise ConfigError("--resume applies to 'segment run' only")
+    if args.force and args.stage != "generate":
+        raise ConfigError("--force applies to 'segment generate' only")
+    if args.allow_writes and args.stage != "sql":
+        raise ConfigError("--allow-writes applies to 'segment sql' only")
     if (args.out is not None) != (args.stage == "bench"):
         raise ConfigError("segment bench needs --out FILE.json, and --out applies to bench only")
     cfg = load_config(args.conf, args.overrides)
@@ -126,14 +141,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.stage == "generate":
         from segmentation.tools import generate
 
-        made = generate.run(spark, cfg)
+        made = generate.run(spark, cfg, force=args.force)
         print(
             f"generated {made.raw_lines} log lines for {made.users} users (+{made.bot_users} bots) in "
             f"{made.path}; planted truth in {made.truth_path}"
         )
         return 0
     if args.stage == "sql":
-        return _sql(spark, cfg, args.query, args.format, args.limit)
+        return _sql(spark, cfg, args.query, args.format, args.limit, args.allow_writes)
     if args.stage == "bench":
         from pathlib import Path
 
@@ -182,9 +197,37 @@ def _summary(spark, cfg, run_id: str, results: dict) -> None:
     print(f"report: {cfg.paths.report(run_id).resolve()}")
 
 
-def _sql(spark, cfg, query: str, fmt: str, limit: int) -> int:
+# `segment sql` runs these statements only, unless --allow-writes: a query over the lake must not be
+# able to drop, overwrite or rewrite it (INSERT OVERWRITE DIRECTORY into the lake destroyed a table).
+READ_ONLY_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "VALUES", "TABLE", "FROM")
+WRITE_NODE = re.compile(
+    r"^(Insert|Overwrite|Append|Create|Replace|Drop|Delete|Update|Merge|Alter|Truncate|Rename|Set|"
+    r"Cache|Uncache|Refresh|Optimize|Vacuum|Restore|Reorg|Repair|Load|Add|Clone|Clear|Recover)"
+)
+
+
+def statement_nodes(spark, query: str) -> list[str]:
+    """The node names of the statement's parsed (unresolved) plan, root first."""
+    tree = spark._jsparkSession.sessionState().sqlParser().parsePlan(query).treeString()
+    return [line.strip(" :+-'").split(" ")[0] for line in tree.splitlines() if line.strip()]
+
+
+def is_read_only(query: str, nodes: list[str]) -> bool:
+    """A query: it starts with a reading keyword and its plan has no node that writes."""
+    text = re.sub(r"--[^\n]*|/\*.*?\*/", " ", query, flags=re.S).lstrip(" \t\r\n(")
+    first = (text.split(None, 1) or [""])[0].upper()
+    return first in READ_ONLY_STATEMENTS and not any(WRITE_NODE.match(node) for node in nodes)
+
+
+def _sql(spark, cfg, query: str, fmt: str, limit: int, allow_writes: bool = False) -> int:
+    from segmentation.errors import ConfigError
     from segmentation.storage import open_store
 
+    if not allow_writes and not is_read_only(query, statement_nodes(spark, query)):
+        raise ConfigError(
+            "segment sql runs queries only (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN); pass --allow-writes "
+            "to run a statement that changes tables"
+        )
     store = open_store(spark, cfg.storage)
     store.register_views()
     frame = spark.sql(query)

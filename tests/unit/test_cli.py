@@ -86,3 +86,44 @@ def test_a_stage_through_the_cli_prints_its_summary(segments, cfg, capsys):
     assert summary["stage"] == "maintain" and summary["rows_in"] == summary["rows_out"] == 3
     assert summary["files_after"] >= 1 and summary["engine"] in ("delta-spark", "delta-rs")
     assert "tables" not in summary  # details stay in pipeline_runs
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT OVERWRITE DIRECTORY '{root}/events_silver' USING parquet SELECT 1 AS x",
+        "DROP TABLE user_segments",
+        "WITH a AS (SELECT * FROM user_segments) INSERT INTO user_segments SELECT * FROM a",
+        "FROM user_segments INSERT INTO user_segments SELECT *",
+        "DELETE FROM user_segments WHERE segment_id = 1",
+        "CACHE TABLE user_segments",
+    ],
+)
+def test_sql_refuses_statements_that_write_and_changes_nothing(segments, cfg, spark, capsys, statement):
+    before = open_store(spark, cfg.storage).snapshot(USER_SEGMENTS).version
+    assert main(["sql", statement.format(root=cfg.storage.root), *segments]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs queries only" in err[0] and "--allow-writes" in err[0]
+    store = open_store(spark, cfg.storage)
+    assert store.snapshot(USER_SEGMENTS).version == before and store.read(USER_SEGMENTS).count() == 3
+
+
+def test_sql_queries_and_descriptions_pass_the_read_only_check(spark):
+    from segmentation.cli import is_read_only, statement_nodes
+
+    for query in (
+        "SELECT * FROM user_segments VERSION AS OF 0",
+        "  -- a comment first\n(SELECT 1)",
+        "WITH a AS (SELECT 1 AS x) SELECT * FROM a",
+        "DESCRIBE HISTORY user_segments",
+        "SHOW CREATE TABLE user_segments",
+        "EXPLAIN SELECT 1",
+        "VALUES (1)",
+    ):
+        assert is_read_only(query, statement_nodes(spark, query)), query
+
+
+def test_sql_runs_a_write_when_allowed(segments, cfg, spark, capsys):
+    statement = "DELETE FROM user_segments WHERE user_id = 'u1'"
+    assert main(["sql", statement, "--allow-writes", *segments]) == 0
+    assert open_store(spark, cfg.storage).read(USER_SEGMENTS).count() == 2

@@ -1,7 +1,9 @@
 import json
 
+import pytest
 from pyspark.sql import functions as F
 
+from segmentation.errors import ConfigError
 from segmentation.tools import generate
 from segmentation.tools.generate.synthetic import FUTURE_YEAR, PROFILES, generate_logs
 
@@ -41,3 +43,29 @@ def test_run_writes_logs_and_truth_beside_them(spark, cfg):
     result = generate.run(spark, cfg)
     assert result.raw_lines == spark.read.text(cfg.input.path).count() > 50
     assert spark.read.json(str(cfg.paths.truth)).count() == 50 + cfg.generate.bot_users
+
+
+def test_run_replaces_only_what_it_wrote_before(spark, cfg, tmp_path):
+    cfg.generate.users = 20
+    generate.run(spark, cfg)
+    generate.run(spark, cfg)  # its own output: replaced without asking
+    raw = tmp_path / "raw"
+    (raw / "_SEGMENT_GENERATED").unlink()  # as if the data were someone else's
+    (raw / "theirs.json").write_text("{}\n")
+    with pytest.raises(ConfigError, match="input.path.*did not write.*--force"):
+        generate.run(spark, cfg)
+    assert (raw / "theirs.json").is_file()  # nothing deleted
+    generate.run(spark, cfg, force=True)
+    assert (raw / "_SEGMENT_GENERATED").is_file() and not (raw / "theirs.json").exists()
+
+
+@pytest.mark.parametrize("where", ["working directory", "parent of the lake"])
+def test_run_never_writes_over_the_working_directory_or_the_lake(spark, cfg, tmp_path, monkeypatch, where):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    monkeypatch.chdir(home)
+    cfg.input.path = str(home) if where == "working directory" else str(tmp_path / "lake" / "..")
+    with pytest.raises(ConfigError, match="config key 'input.path'.*never writes there"):
+        generate.run(spark, cfg, force=True)  # not even when forced
+    assert (home / "notes.txt").read_text() == "mine"
