@@ -18,6 +18,21 @@ if TYPE_CHECKING:
     from segmentation.config import Config
 
 
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def path_component(name: str) -> str:
+    """`name` (a run id as a scheduler gives it: `scheduled__2026-11-29T10:00:00+00:00`, `../x`) as one
+    safe directory or file name: letters, digits, `.`, `_` and `-` stay, every other byte becomes `~XX`
+    (so `~` always starts an escape and the mapping is one-to-one), and a leading `.` is escaped too, so
+    the result is never `.`, `..` or hidden. Ids the product generates map to themselves."""
+    out = []
+    for i, byte in enumerate(name.encode()):
+        char = chr(byte)
+        out.append(char if char in _SAFE and not (i == 0 and char == ".") else f"~{byte:02X}")
+    return "".join(out) or "~"
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write `path` through `write(temporary path)` and rename it into place: readers (and a crash
     mid-write) see the old file or the new one, never a torn one."""
@@ -66,16 +81,19 @@ class ArtifactPaths:
         raw = Path(input_path)
         return raw.parent / f"{raw.name}_truth"
 
+    # Every path below that a run id or version names goes through `path_component`: run ids come from
+    # schedulers as they are, and none may leave the root or break a Hadoop path.
+
     def scaling(self, features_run: str) -> Path:
         """Scaling statistics of the user_features snapshot written by `features_run`."""
-        return self.root / "user_features" / features_run / "scaling.json"
+        return self.root / "user_features" / path_component(features_run) / "scaling.json"
 
     @property
     def models(self) -> Path:
         return self.root / "models"
 
     def model(self, version: str) -> Path:
-        return self.models / version / "model.pt"
+        return self.models / path_component(version) / "model.pt"
 
     @property
     def current_model(self) -> Path:
@@ -90,7 +108,7 @@ class ArtifactPaths:
         return self.model(version)
 
     def checkpoint(self, run_id: str) -> Path:
-        return self.root / "checkpoints" / run_id / "checkpoint.pt"
+        return self.root / "checkpoints" / path_component(run_id) / "checkpoint.pt"
 
     @property
     def segmenters(self) -> Path:
@@ -98,14 +116,14 @@ class ArtifactPaths:
         return self.root / "segmenters"
 
     def segmenter(self, run_id: str) -> Path:
-        return self.segmenters / run_id
+        return self.segmenters / path_component(run_id)
 
     @property
     def current_segmenter(self) -> Path:
         return self.segmenters / "CURRENT"
 
     def report(self, run_id: str) -> Path:
-        return self.reports / f"report-{run_id}.html"
+        return self.reports / f"report-{path_component(run_id)}.html"
 
     @property
     def mlruns(self) -> Path:

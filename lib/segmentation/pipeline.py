@@ -10,9 +10,9 @@ import time
 from pyspark.sql import SparkSession
 
 from segmentation.config import Config
-from segmentation.errors import SegmentationError
+from segmentation.errors import ConfigError, SegmentationError
 from segmentation.registry import PIPELINE, stage
-from segmentation.runs import completed_stages, record_stage
+from segmentation.runs import record_stage, recorded_stages
 from segmentation.stage import FailedStage, StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,14 @@ def run_pipeline(
 ) -> tuple[str, dict[str, StageResult]]:
     """ingest → report under one run id; with `resume`, stages that completed in that run are skipped."""
     ctx = StageContext.create(spark, cfg, resume)
-    done = completed_stages(ctx.store, ctx.run_id) if resume else set()
-    if resume and not done:
-        log.info("run %s has no completed stages: running every stage", ctx.run_id)
+    done: set[str] = set()
+    if resume:
+        recorded = recorded_stages(ctx.store, resume)
+        if not recorded:
+            raise ConfigError(f"--resume {resume}: pipeline_runs has no run of that id (nothing to resume)")
+        done = {stage for stage, status in recorded.items() if status == "success"}
+        if not done:
+            log.info("run %s has no completed stages: running every stage", ctx.run_id)
     results: dict[str, StageResult] = {}
     for entry in PIPELINE:
         if entry.name in done:

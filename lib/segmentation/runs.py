@@ -32,15 +32,9 @@ def record_stage(
     ctx.store.merge(frame, PIPELINE_RUNS, ["run_id", "stage"], ["run_id"])
 
 
-def completed_stages(store: TableStore, run_id: str) -> set[str]:
-    """Stages of `run_id` that finished successfully (a small, per-run set)."""
+def recorded_stages(store: TableStore, run_id: str) -> dict[str, str]:
+    """Each stage `run_id` recorded, with its status (a small, per-run map; empty for an unknown run)."""
     if not store.exists(PIPELINE_RUNS):
-        return set()
-    rows = (
-        store.read(PIPELINE_RUNS)
-        .where((F.col("run_id") == run_id) & (F.col("status") == "success"))
-        .select("stage")
-        .distinct()
-        .collect()
-    )
-    return {r.stage for r in rows}
+        return {}
+    rows = store.read(PIPELINE_RUNS).where(F.col("run_id") == run_id).select("stage", "status").collect()
+    return {r.stage: r.status for r in rows}

@@ -127,3 +127,12 @@ def test_sql_runs_a_write_when_allowed(segments, cfg, spark, capsys):
     statement = "DELETE FROM user_segments WHERE user_id = 'u1'"
     assert main(["sql", statement, "--allow-writes", *segments]) == 0
     assert open_store(spark, cfg.storage).read(USER_SEGMENTS).count() == 2
+
+
+def test_resuming_an_unknown_run_is_an_error_and_runs_nothing(segments, cfg, spark, capsys):
+    assert main(["run", "--resume", "no-such-run", *segments]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "segment run: error: --resume no-such-run: pipeline_runs has no run of that id (nothing to resume)"
+    ]
+    assert not open_store(spark, cfg.storage).exists("events_bronze")
