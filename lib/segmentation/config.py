@@ -50,6 +50,8 @@ class StorageConfig:
     artifacts: str | None = None
 
     def validate(self) -> None:
+        # An empty root would put every table in the working directory.
+        _require(bool(self.root.strip()), "storage.root", "must name a directory (tables live under it)")
         for name in ("catalog", "schema"):
             value = getattr(self, name)
             _require(
@@ -438,13 +440,24 @@ def build_config(data: dict[str, Any]) -> Config:
     return cfg
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without implicit timestamps: dates and times in the config are strings the checks parse
+    and name the key of (PyYAML's own date parsing failed on 2026-13-01 naming no key)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def parse_override(item: str) -> dict[str, Any]:
     """`a.b.c=value` → {"a": {"b": {"c": value}}}, the value parsed as YAML."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {item!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value is not valid YAML ({exc.__class__.__name__})") from None
     nested: dict[str, Any] = {}
@@ -482,7 +495,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
 def _parse_yaml(text: str, what: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):

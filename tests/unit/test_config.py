@@ -55,6 +55,9 @@ def test_databricks_overlay_is_valid():
         ("input.mapping.userid=uid", "input.mapping.userid"),
         ("storage.catalog=main; DROP", "storage.catalog"),
         ("generate.start_date=tomorrow", "generate.start_date"),
+        ("generate.start_date=2026-13-01", "generate.start_date"),  # a date YAML itself cannot parse
+        ("storage.root=''", "storage.root"),
+        ("features.as_of=2026-02-30T10:00:00", "features.as_of"),
         ("clustering.restarts=0", "clustering.restarts"),
         ("clustering.init_steps=0", "clustering.init_steps"),
         ("clustering.init_restarts=0", "clustering.init_restarts"),
@@ -111,3 +114,10 @@ def test_cli_reports_bad_config_in_one_line_and_fails():
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "training.epochs" in lines[0]
+
+
+def test_an_impossible_date_in_a_file_names_its_key(tmp_path):
+    overlay = tmp_path / "dates.yaml"
+    overlay.write_text("features:\n  as_of: 2026-13-01\n")
+    with pytest.raises(ConfigError, match="config key 'features.as_of'"):
+        load_config([str(overlay)])

@@ -22,7 +22,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from segmentation.errors import DataQualityError
+from segmentation.errors import DataQualityError, StageError
 from segmentation.ingest.clean import (
     Rule,
     bot_users,
@@ -65,6 +65,8 @@ def run(ctx: StageContext) -> IngestResult:
     key = hmac_key(ctx.spark, cfg.privacy) if cfg.privacy.pseudonymize else None  # fails before reading
     rules = builtin_rules(cfg.input, cfg.ingest)
     files = list_input_files(ctx.spark, cfg.input)
+    if not files:
+        raise StageError(f"input.path {cfg.input.path} holds no input files (nothing was ingested)")
     seen = processed_files(store) if cfg.ingest.mode == "incremental" else set()
     new_files = [f for f in files if f not in seen]
     if not new_files:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from segmentation.errors import ConfigError
+from segmentation.errors import ConfigError, StageError
 from segmentation.ingest import stage as ingest
 from segmentation.ingest.readers import named_groups
 from segmentation.stage import StageContext
@@ -123,3 +123,10 @@ def test_bad_pattern_is_a_config_error(spark, cfg):
     cfg.input.pattern = r"(?<user_id>\w+"
     with pytest.raises(ConfigError, match="input.pattern"):
         ingest.run(StageContext.create(spark, cfg, "bad"))
+
+
+def test_an_empty_input_directory_is_an_error_not_nothing_to_do(spark, cfg):
+    Path(cfg.input.path).mkdir(parents=True)
+    with pytest.raises(StageError, match="holds no input files"):
+        ingest.run(StageContext.create(spark, cfg, "empty"))
+    assert not open_store(spark, cfg.storage).exists(EVENTS_SILVER)
