@@ -28,6 +28,9 @@ def run_in_context(ctx: StageContext, name: str) -> StageResult:
     started = dt.datetime.now(dt.UTC)
     clock = time.perf_counter()
     log.info("stage %s: started (run %s)", name, ctx.run_id)
+    # Recorded before any work: a run killed outright (no exception, no `failed` row) stays visible
+    # as `running` with no finish time.
+    record_stage(ctx, name, "running", started, StageResult())
     try:
         result = function(ctx)
     except Exception as exc:

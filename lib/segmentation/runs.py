@@ -15,13 +15,14 @@ from segmentation.tables import PIPELINE_RUNS, PIPELINE_RUNS_SCHEMA
 def record_stage(
     ctx: StageContext, stage: str, status: str, started_at: dt.datetime, result: StageResult
 ) -> None:
-    """Write (or replace) this run's row for `stage`."""
+    """Write (or replace) this run's row for `stage`: `running` (no finish time yet), `success` or
+    `failed`."""
     row = (
         ctx.run_id,
         stage,
         status,
         started_at,
-        dt.datetime.now(dt.UTC),
+        None if status == "running" else dt.datetime.now(dt.UTC),
         result.rows_in,
         result.rows_out,
         result.rows_quarantined,

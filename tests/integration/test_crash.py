@@ -1,0 +1,53 @@
+"""A real `segment` process killed with SIGKILL mid-stage: the audit table shows the run unfinished."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from segmentation.cli import main
+from segmentation.storage import open_store
+from segmentation.tables import PIPELINE_RUNS
+from tests.conftest import REPO, make_config
+
+
+@pytest.mark.slow
+def test_a_killed_stage_stays_visible_as_running(spark, tmp_path):
+    settings = [
+        f"storage.root={tmp_path / 'lake'}",
+        f"input.path={tmp_path / 'raw'}",
+        f"report.path={tmp_path / 'reports'}",
+        "generate.users=300",
+        "spark.master=local[1]",
+    ]
+    args = ["--conf", str(REPO / "conf" / "local.yaml")] + [a for s in settings for a in ("--set", s)]
+    assert main(["generate", *args]) == 0 and main(["ingest", *args]) == 0
+    store = open_store(spark, make_config(tmp_path, *settings).storage)
+
+    def rows():
+        if not store.exists(PIPELINE_RUNS):
+            return []
+        return store.read(PIPELINE_RUNS).where("run_id = 'killed'").collect()
+
+    segment = Path(sys.executable).parent / "segment"
+    proc = subprocess.Popen(
+        [str(segment), "features", *args, "--run-id", "killed"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill reaches its JVM too
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not rows():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the stage ended (exit {proc.returncode}) before it was seen running")
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert [(r.stage, r.status, r.finished_at) for r in rows()] == [("features", "running", None)]
