@@ -81,7 +81,8 @@ def test_a_failed_stage_is_recorded_with_its_error(spark, cfg):
 
 
 def test_a_stage_through_the_cli_prints_its_summary(segments, cfg, capsys):
-    assert main(["maintain", *segments, "--set", "maintain.vacuum_retain_hours=null"]) == 0
+    settings = ["--set", "maintain.vacuum_retain_hours=null", "--set", "maintain.tables=[user_segments]"]
+    assert main(["maintain", *segments, *settings]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["stage"] == "maintain" and summary["rows_in"] == summary["rows_out"] == 3
     assert summary["files_after"] >= 1 and summary["engine"] in ("delta-spark", "delta-rs")
