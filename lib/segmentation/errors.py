@@ -19,3 +19,8 @@ class StorageError(SegmentationError):
 
 class StageError(SegmentationError):
     """A stage cannot run, e.g. because an upstream table is missing."""
+
+
+class ConcurrentWriteError(StorageError):
+    """Another writer committed to the table first and this write was not committed (nothing of it
+    landed); running it again reads the other writer's commit."""

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import random
+import time
 
 from pyspark.sql import functions as F
 
+from segmentation.errors import ConcurrentWriteError
 from segmentation.stage import StageContext, StageResult
 from segmentation.storage import TableStore
 from segmentation.tables import PIPELINE_RUNS, PIPELINE_RUNS_SCHEMA
+
+log = logging.getLogger(__name__)
+
+AUDIT_ATTEMPTS = 6
 
 
 def record_stage(
@@ -30,7 +38,18 @@ def record_stage(
         json.dumps(result.details, default=str, sort_keys=True),
     )
     frame = ctx.spark.createDataFrame([row], PIPELINE_RUNS_SCHEMA)
-    ctx.store.merge(frame, PIPELINE_RUNS, ["run_id", "stage"], ["run_id"])
+    # Runs of other stages or other lakes' jobs write this table at the same time (the first two
+    # even race to create it). The row is an upsert by key, so writing it again on the newer
+    # snapshot is safe: retried, with a little jitter so racing writers spread out.
+    for attempt in range(1, AUDIT_ATTEMPTS + 1):
+        try:
+            ctx.store.merge(frame, PIPELINE_RUNS, ["run_id", "stage"], ["run_id"])
+            return
+        except ConcurrentWriteError as exc:
+            if attempt == AUDIT_ATTEMPTS:
+                raise
+            log.info("pipeline_runs: %s; writing the row again (attempt %d)", exc, attempt + 1)
+            time.sleep(random.uniform(0.2, 1.0) * attempt)
 
 
 def recorded_stages(store: TableStore, run_id: str) -> dict[str, str]:

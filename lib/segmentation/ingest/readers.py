@@ -17,7 +17,7 @@ import logging
 import re
 from pathlib import Path
 
-from pyspark.sql import DataFrame, DataFrameReader, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
@@ -40,6 +40,11 @@ def read_raw(spark: SparkSession, cfg: InputConfig, files: list[str] | None = No
 def normalize_file(uri: str) -> str:
     """One spelling per file: Spark writes `file:/x` in some places and `file:///x` in others."""
     return "file:/" + uri[len("file:///") :] if uri.startswith("file:///") else uri
+
+
+def normalized_file(column: Column) -> Column:
+    """`normalize_file` as a column expression, for comparing recorded file names with a listing."""
+    return F.regexp_replace(column, "^file:///", "file:/")
 
 
 def list_input_files(spark: SparkSession, cfg: InputConfig) -> list[str]:

@@ -1,14 +1,18 @@
 """Stage `ingest`: raw logs → events_bronze, events_silver and events_quarantine, all reconciled.
 
 Every input record ends in exactly one place: silver (kept), quarantine (with a reason) or counted
-as an exact duplicate. The stage checks `rows_in = rows_out + rows_quarantined + rows_duplicate` from
-the tables it wrote and fails when it does not hold.
+as an exact duplicate. The counts are taken from the frames about to be written, before anything is
+committed, and recorded in pipeline_runs.
 
 Incremental by default: bronze's `source_file` column is the ledger of processed files, so a run reads
 only files it has not seen. Their events are merged into silver by rebuilding the affected date
 partitions (and their neighbours, so sessions crossing midnight stay whole) in one atomic commit.
-Silver is written before quarantine and bronze; the ledger is written last, so a crash in between
-makes the next run redo the batch, and event ids and idempotent appends keep that from duplicating.
+That commit is guarded by the silver version the merge read (storage.base.ReadPoint): when another
+ingest committed to silver in between, this run fails saying so and nothing of it lands, rather than
+replacing the other run's events. Silver is written before quarantine and bronze; the ledger is
+written last, so a crash in between makes the next run redo the batch: the batch's events already in
+silver are replaced by the same events, and appends carry a transaction id per batch, so nothing is
+doubled and the redone run's counts match the tables.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from segmentation.errors import DataQualityError, StageError
+from segmentation.errors import ConcurrentWriteError, DataQualityError, StageError
 from segmentation.ingest.clean import (
     Rule,
     bot_users,
@@ -34,10 +38,10 @@ from segmentation.ingest.clean import (
     sessionize,
     with_event_id,
 )
-from segmentation.ingest.readers import list_input_files, normalize_file, read_raw
+from segmentation.ingest.readers import list_input_files, normalize_file, normalized_file, read_raw
 from segmentation.privacy import hmac_key, pseudonymize
 from segmentation.stage import StageContext, StageResult, summary_field
-from segmentation.storage import TableStore
+from segmentation.storage import ReadPoint, TableStore
 from segmentation.tables import (
     EVENTS_BRONZE,
     EVENTS_QUARANTINE,
@@ -47,6 +51,9 @@ from segmentation.tables import (
 )
 
 log = logging.getLogger(__name__)
+
+INGEST_WRITER = "segment-ingest"
+"""The app id whose generation guards silver's read-modify-write (storage.base.ReadPoint)."""
 
 
 @dataclass
@@ -67,7 +74,11 @@ def run(ctx: StageContext) -> IngestResult:
     files = list_input_files(ctx.spark, cfg.input)
     if not files:
         raise StageError(f"input.path {cfg.input.path} holds no input files (nothing was ingested)")
-    seen = processed_files(store) if cfg.ingest.mode == "incremental" else set()
+    # Silver's read point first, the ledger second: a file recorded after the read point belongs to
+    # an ingest whose silver commit came after it too, and the guarded commit below refuses to land
+    # on top of that.
+    point = store.read_point(EVENTS_SILVER, INGEST_WRITER)
+    seen = processed_files(store, point) if cfg.ingest.mode == "incremental" else set()
     new_files = [f for f in files if f not in seen]
     if not new_files:
         log.info(
@@ -76,10 +87,11 @@ def run(ctx: StageContext) -> IngestResult:
         return IngestResult(files_seen_before=len(files))
     incremental = bool(seen)
     log.info(
-        "ingest: %d new files (%d seen before), %s",
+        "ingest: %d new files (%d seen before), %s (events_silver version %s)",
         len(new_files),
         len(seen),
         "merging into silver" if incremental else "replacing the tables",
+        point.version,
     )
     ctx.describe(f"ingest: read {len(new_files)} files")
     raw = read_raw(ctx.spark, cfg.input, new_files)
@@ -89,29 +101,50 @@ def run(ctx: StageContext) -> IngestResult:
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         warned = _apply_watch_rules(checked, rules)
-        silver_before = store.read(EVENTS_SILVER).count() if incremental else 0
-        duplicates = _write_silver(ctx, checked, incremental, key)
+        result = _write_silver(ctx, checked, point, incremental, key, new_files)
         _write_rejected_and_bronze(ctx, checked, incremental, new_files)
-        rows_out = store.read(EVENTS_SILVER).count() - silver_before
-        result = _reconcile(store, new_files, checked.count(), rows_out, duplicates)
     finally:
         checked.unpersist()
+    bots = (
+        store.read(EVENTS_SILVER)
+        .where("is_bot")
+        .agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("events"))
+        .head()
+    )
+    result.bot_users, result.bot_events = bots["users"], bots["events"]
     result.warnings_by_rule, result.new_files, result.incremental = warned, len(new_files), incremental
+    log.info(
+        "ingest: %d records in, %d kept, %d quarantined %s, %d duplicates; %d bot users in silver",
+        result.rows_in,
+        result.rows_out,
+        result.rows_quarantined,
+        result.quarantined_by_reason,
+        result.rows_duplicate,
+        result.bot_users,
+    )
     return result
 
 
-def processed_files(store: TableStore) -> set[str]:
+def processed_files(store: TableStore, point: ReadPoint) -> set[str]:
     """Files a previous ingest has recorded in bronze (one name per file, not per record)."""
-    if not (store.exists(EVENTS_BRONZE) and store.exists(EVENTS_SILVER)):
+    if point.version is None or not store.exists(EVENTS_BRONZE):
         return set()
     rows = store.read(EVENTS_BRONZE).select("source_file").distinct().collect()
     return {normalize_file(r.source_file) for r in rows}
 
 
-def _write_silver(ctx: StageContext, checked: DataFrame, incremental: bool, key: bytes | None) -> int:
+def _write_silver(
+    ctx: StageContext,
+    checked: DataFrame,
+    point: ReadPoint,
+    incremental: bool,
+    key: bytes | None,
+    files: list[str],
+) -> IngestResult:
     """Write the batch's good events into silver (sessions and bot flags derived over every event of
-    the days written); returns the number of duplicates dropped, counted before writing and
-    independently of the table, since the reconciliation compares the two."""
+    the days written) in one commit guarded by `point`, after reconciling the batch; returns the
+    batch's accounting. Nothing is written when the counts do not add up or another ingest
+    committed to silver since `point`."""
     cfg, store = ctx.cfg, ctx.store
     ctx.describe("ingest: silver")
     good = checked.where(F.col("reject_reason").isNull())
@@ -123,24 +156,30 @@ def _write_silver(ctx: StageContext, checked: DataFrame, incremental: bool, key:
     unique = unique.select(*SILVER_BASE_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if incremental:
-            fresh, merged, rebuilt = _merge_silver(store, unique)
+            fresh, merged, rebuilt = _merge_silver(store, unique, point, files)
         else:
             fresh, merged, rebuilt = unique, unique, None
-        duplicates = good.count() - fresh.count()
+        result = _reconcile(checked, fresh.count())
         bots = bot_users(
-            _bot_scope(store, merged, rebuilt),
+            _bot_scope(store, merged, rebuilt, point),
             cfg.ingest.bot_max_events_per_day,
             cfg.ingest.bot_max_events_per_minute,
         )
         silver = flag_bots(sessionize(merged, cfg.ingest.session_gap_minutes), bots)
         silver = silver.select(*silver_columns(silver, cfg.privacy.pii_fields))
-        if incremental:
-            store.replace_where(silver, EVENTS_SILVER, "event_date", rebuilt)
-        else:
-            store.overwrite(silver, EVENTS_SILVER, ["event_date"])
+        try:
+            if incremental:
+                store.replace_where(silver, EVENTS_SILVER, "event_date", rebuilt, guard=point)
+            else:
+                store.overwrite(silver, EVENTS_SILVER, ["event_date"], guard=point)
+        except ConcurrentWriteError as exc:
+            raise ConcurrentWriteError(
+                f"ingest: another ingest committed to {EVENTS_SILVER} after this run read it; nothing of "
+                f"this run landed; run it again ({exc})"
+            ) from exc
     finally:
         unique.unpersist()
-    return duplicates
+    return result
 
 
 def _write_rejected_and_bronze(
@@ -177,33 +216,44 @@ def _apply_watch_rules(checked: DataFrame, rules: list[Rule]) -> dict[str, int]:
     return warned
 
 
-def _merge_silver(store: TableStore, unique: DataFrame) -> tuple[DataFrame, DataFrame, list[dt.date]]:
-    """Merge a batch into silver: (the batch's events silver does not have yet, every event of the
-    partitions to rewrite, those partitions' dates).
+def _merge_silver(
+    store: TableStore, unique: DataFrame, point: ReadPoint, files: list[str]
+) -> tuple[DataFrame, DataFrame, list[dt.date]]:
+    """Merge a batch into silver as `point` read it: (the batch's events silver does not have yet,
+    every event of the partitions to rewrite, those partitions' dates).
 
     The partitions are the batch's days and their neighbours, so sessions crossing midnight are derived
-    again over all their events; inferred session ids are cleared for that.
+    again over all their events; inferred session ids are cleared for that. Events silver holds from
+    the batch's own files (a batch redone after a crash before its ledger was written) are replaced
+    by the batch, not counted as its duplicates, so the redone run's counts match the tables.
     """
     dates = sorted(r.event_date for r in unique.select("event_date").distinct().collect())  # days, not rows
     window = sorted({d + dt.timedelta(days=k) for d in dates for k in (-1, 0, 1)})
-    existing = store.read(EVENTS_SILVER).where(F.col("event_date").isin(window))
+    existing = store.read(EVENTS_SILVER, point.version).where(F.col("event_date").isin(window))
+    others = existing.where(~normalized_file(F.col("source_file")).isin(files))
     # Same record, same event id, same event time: a duplicate can only sit in the batch's own days.
     fresh = unique.join(
-        existing.where(F.col("event_date").isin(dates)).select("event_id"), "event_id", "left_anti"
+        others.where(F.col("event_date").isin(dates)).select("event_id"), "event_id", "left_anti"
     )
-    kept = existing.withColumn(
+    kept = others.withColumn(
         "session_id", F.when(F.col("session_inferred"), F.lit(None)).otherwise(F.col("session_id"))
     ).select(*SILVER_BASE_COLUMNS)
     return fresh, kept.unionByName(fresh), window
 
 
-def _bot_scope(store: TableStore, silver: DataFrame, rebuilt_dates: list[dt.date] | None) -> DataFrame:
-    """Events bot detection looks at: the new silver rows and, when merging, the untouched days too,
-    so a user's bot flag depends on all of their history."""
+def _bot_scope(
+    store: TableStore, silver: DataFrame, rebuilt_dates: list[dt.date] | None, point: ReadPoint
+) -> DataFrame:
+    """Events bot detection looks at: the new silver rows and, when merging, the untouched days too
+    (as `point` read them), so a user's bot flag depends on all of their history."""
     columns = ["user_id", "event_time", "event_date"]
     if rebuilt_dates is None:
         return silver.select(*columns)
-    untouched = store.read(EVENTS_SILVER).where(~F.col("event_date").isin(rebuilt_dates)).select(*columns)
+    untouched = (
+        store.read(EVENTS_SILVER, point.version)
+        .where(~F.col("event_date").isin(rebuilt_dates))
+        .select(*columns)
+    )
     return untouched.unionByName(silver.select(*columns))
 
 
@@ -215,40 +265,23 @@ def silver_columns(silver: DataFrame, withheld: list[str]) -> list:
     ]
 
 
-def _reconcile(
-    store: TableStore, files: list[str], rows_in: int, rows_out: int, duplicates: int
-) -> IngestResult:
-    """Kept and quarantined counts measured from the written tables (quarantine by the batch's files,
-    which a redone batch does not write twice); the stage fails when the counts do not add up."""
-    quarantine = store.read(EVENTS_QUARANTINE).where(F.col("source_file").isin(files))
-    by_reason = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
-    rows_quarantined = sum(by_reason.values())
-    silver = store.read(EVENTS_SILVER)
-    bots = (
-        silver.where("is_bot")
-        .agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("events"))
-        .head()
-    )
-    log.info(
-        "ingest: %d records in, %d kept, %d quarantined %s, %d duplicates; %d bot users flagged",
-        rows_in,
-        rows_out,
-        rows_quarantined,
-        by_reason,
-        duplicates,
-        bots["users"],
-    )
-    if rows_in != rows_out + rows_quarantined + duplicates:
+def _reconcile(checked: DataFrame, kept: int) -> IngestResult:
+    """The batch's accounting, from the frames about to be written and before anything is: every
+    record read is kept, quarantined with a reason or an exact duplicate of a kept event."""
+    counts = checked.groupBy("reject_reason").count().collect()  # one row per reason
+    by_reason = {r["reject_reason"]: r["count"] for r in counts if r["reject_reason"] is not None}
+    good = next((r["count"] for r in counts if r["reject_reason"] is None), 0)
+    rows_in = good + sum(by_reason.values())
+    duplicates = good - kept
+    if duplicates < 0:
         raise DataQualityError(
-            f"ingest does not reconcile: {rows_in} records in != {rows_out} kept + {rows_quarantined} "
-            f"quarantined + {duplicates} duplicates"
+            f"ingest does not reconcile: {kept} events to keep but only {good} good records read; "
+            "nothing was written"
         )
     return IngestResult(
         rows_in=rows_in,
-        rows_out=rows_out,
-        rows_quarantined=rows_quarantined,
+        rows_out=kept,
+        rows_quarantined=sum(by_reason.values()),
         rows_duplicate=duplicates,
         quarantined_by_reason=by_reason,
-        bot_users=bots["users"],
-        bot_events=bots["events"],
     )

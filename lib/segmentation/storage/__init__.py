@@ -7,7 +7,7 @@ import logging
 from pyspark.sql import SparkSession
 
 from segmentation.config import StorageConfig
-from segmentation.storage.base import TABLE_PROPERTIES, TableFiles, TableStore, Txn
+from segmentation.storage.base import TABLE_PROPERTIES, ReadPoint, TableFiles, TableStore, Txn
 from segmentation.storage.delta_rs import DeltaRsStore
 from segmentation.storage.delta_spark import DeltaSparkStore, delta_spark_available
 
@@ -17,6 +17,7 @@ __all__ = [
     "TABLE_PROPERTIES",
     "DeltaRsStore",
     "DeltaSparkStore",
+    "ReadPoint",
     "TableFiles",
     "TableStore",
     "Txn",

@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import ArrayType, DataType, MapType, StructType, TimestampNTZType
 
 from segmentation.config import StorageConfig
-from segmentation.errors import StorageError
+from segmentation.errors import ConcurrentWriteError, StorageError
 from segmentation.tables import ALL_TABLES, check_table_name
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,26 @@ TABLE_PROPERTIES = {
     # Single-file v1 checkpoints; v2 checkpoints are a reader feature older readers refuse.
     "delta.checkpointPolicy": "classic",
 }
+
+
+@dataclass(frozen=True)
+class ReadPoint:
+    """What a read-modify-write saw of a table: the version it read and the generation its kind of
+    writer (`app_id`) had recorded there. A write guarded by it commits only when no other writer of
+    that kind committed since: each guarded commit records generation + 1 as Delta's idempotent-write
+    id (`txnAppId`/`txnVersion`, an app transaction in delta-rs), which both engines check inside the
+    commit, so a writer that read an older generation is refused, never committed on top (a lost
+    update). Writers that do not change rows (OPTIMIZE) leave the generation alone."""
+
+    name: str
+    app_id: str
+    version: int | None
+    """The table version read; None: the table did not exist."""
+    generation: int
+
+    @property
+    def txn(self) -> Txn:
+        return (self.app_id, self.generation + 1)
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,29 @@ class TableStore(ABC):
     def version(self, name: str) -> int:
         """The table's current Delta version."""
 
+    def read_point(self, name: str, app_id: str) -> ReadPoint:
+        """The table's current version and `app_id`'s generation in it, from one snapshot: read the
+        table at `version` and guard the write with the result."""
+        if not self.exists(name):
+            return ReadPoint(name, app_id, None, 0)
+        version, generation = self._version_and_generation(name, app_id)
+        return ReadPoint(name, app_id, version, generation)
+
+    @abstractmethod
+    def _version_and_generation(self, name: str, app_id: str) -> tuple[int, int]:
+        """One snapshot's version and the app transaction version it records for `app_id` (0: none)."""
+
+    def check_guard(self, guard: ReadPoint) -> None:
+        """Refuse early (before any file is written) when another guarded writer has committed since
+        the read; the commit itself checks again, atomically."""
+        if guard.version is None:
+            if self.exists(guard.name):
+                raise guard_error(guard, "created the table")
+            return
+        _, generation = self._version_and_generation(guard.name, guard.app_id)
+        if generation > guard.generation:
+            raise guard_error(guard, f"committed generation {generation}")
+
     @abstractmethod
     def history(self, name: str, limit: int | None = None) -> list[dict]:
         """The table's commits, newest first: version, timestamp, operation (a small list)."""
@@ -97,23 +140,38 @@ class TableStore(ABC):
     # ------------------------------------------------------------ writing
 
     @abstractmethod
-    def overwrite(self, df: DataFrame, name: str, partition_by: list[str] | None = None) -> None:
-        """Replace the whole table (schema included) with `df`, atomically."""
+    def overwrite(
+        self,
+        df: DataFrame,
+        name: str,
+        partition_by: list[str] | None = None,
+        guard: ReadPoint | None = None,
+    ) -> None:
+        """Replace the whole table (schema included) with `df`, atomically. With `guard`, only when no
+        other writer of its kind committed since the guard's read (else ConcurrentWriteError, and
+        nothing is committed)."""
 
-    def replace_where(self, df: DataFrame, name: str, column: str, values: Sequence) -> None:
+    def replace_where(
+        self, df: DataFrame, name: str, column: str, values: Sequence, guard: ReadPoint | None = None
+    ) -> None:
         """Replace, in one commit, every row whose partition `column` is one of `values` by `df`'s rows
         (which must all lie in `values`); the other partitions stay as they are. Creates the table,
-        partitioned by `column`, when it does not exist."""
+        partitioned by `column`, when it does not exist. `guard` as for `overwrite`."""
         refuse_timestamp_ntz(df.schema, name)
-        if not self.exists(name):
-            self.overwrite(df, name, [column])
+        if guard is not None and guard.name != name:
+            raise StorageError(f"a read point of table {guard.name} cannot guard a write to {name}")
+        absent = guard.version is None if guard is not None else not self.exists(name)
+        if absent:
+            self.overwrite(df, name, [column], guard=guard)
         elif not values:
             log.info("table %s: no partitions to replace", name)
         else:
-            self._replace_where(df, name, column, list(values))
+            self._replace_where(df, name, column, list(values), guard)
 
     @abstractmethod
-    def _replace_where(self, df: DataFrame, name: str, column: str, values: list) -> None:
+    def _replace_where(
+        self, df: DataFrame, name: str, column: str, values: list, guard: ReadPoint | None
+    ) -> None:
         """`replace_where` on an existing table, with at least one value."""
 
     @abstractmethod
@@ -321,11 +379,19 @@ def is_concurrent_commit_error(exc: BaseException) -> bool:
     )
 
 
-def concurrent_write_error(name: str, exc: BaseException) -> StorageError:
+def concurrent_write_error(name: str, exc: BaseException) -> ConcurrentWriteError:
     lines = str(exc).strip().splitlines() or [""]
     # py4j's first line says only which call failed; the line naming Delta's exception says why.
     first = next((line for line in lines if _CONFLICT.search(line)), lines[0]).strip()[:300]
-    return StorageError(
+    return ConcurrentWriteError(
         f"table {name}: another writer committed first and this write conflicts with it, so nothing of "
         f"it was committed; run the stage again ({type(exc).__name__}: {first})"
+    )
+
+
+def guard_error(guard: ReadPoint, what: str) -> ConcurrentWriteError:
+    read = "before the table existed" if guard.version is None else f"at version {guard.version}"
+    return ConcurrentWriteError(
+        f"table {guard.name}: another {guard.app_id} writer {what} after this one read the table "
+        f"({read}), so nothing of this write was committed; run it again"
     )

@@ -39,12 +39,14 @@ from segmentation.config import StorageConfig
 from segmentation.errors import StorageError
 from segmentation.storage.base import (
     TABLE_PROPERTIES,
+    ReadPoint,
     TableFiles,
     TableStore,
     Txn,
     check_write_schema,
     concurrent_write_error,
     deletion_vector_error,
+    guard_error,
     is_concurrent_commit_error,
     local_file,
     partition_string,
@@ -93,6 +95,10 @@ class DeltaRsStore(TableStore):
 
     def version(self, name: str) -> int:
         return self._table(name).version()
+
+    def _version_and_generation(self, name: str, app_id: str) -> tuple[int, int]:
+        table = self._table(name)
+        return table.version(), table.transaction_version(app_id) or 0
 
     def history(self, name: str, limit: int | None = None) -> list[dict]:
         return [
@@ -145,11 +151,19 @@ class DeltaRsStore(TableStore):
 
     # ---------------------------------------------------------------- writing
 
-    def overwrite(self, df: DataFrame, name: str, partition_by: list[str] | None = None) -> None:
-        self._write(df, name, mode="overwrite", partition_by=partition_by or [])
+    def overwrite(
+        self,
+        df: DataFrame,
+        name: str,
+        partition_by: list[str] | None = None,
+        guard: ReadPoint | None = None,
+    ) -> None:
+        self._write(df, name, mode="overwrite", partition_by=partition_by or [], guard=guard)
 
-    def _replace_where(self, df: DataFrame, name: str, column: str, values: list) -> None:
-        self._write(df, name, mode="overwrite", partition_by=[column], replace=(column, values))
+    def _replace_where(
+        self, df: DataFrame, name: str, column: str, values: list, guard: ReadPoint | None
+    ) -> None:
+        self._write(df, name, mode="overwrite", partition_by=[column], replace=(column, values), guard=guard)
 
     def append(
         self, df: DataFrame, name: str, partition_by: list[str] | None = None, txn: Txn | None = None
@@ -184,15 +198,30 @@ class DeltaRsStore(TableStore):
         replace: tuple[str, Sequence] | None = None,
         txn: Txn | None = None,
         keep_table: bool = False,
+        guard: ReadPoint | None = None,
     ) -> None:
         """Write `df`'s files, then commit them: as a new table definition (a full overwrite), appended,
         or replacing the rows of `replace` = (partition column, values) or of the whole table
-        (`keep_table`: an overwrite that keeps the table's definition, as a merge's rewrite does)."""
+        (`keep_table`: an overwrite that keeps the table's definition, as a merge's rewrite does).
+        A guarded write commits against the version its guard read (delta-rs's conflict checker
+        then sees every commit since, the guard's app transaction among them) with the guard's
+        generation + 1 as its app transaction."""
         location = Path(self.location(name))
         refuse_timestamp_ntz(df.schema, name)
         schema = _nullable(df.schema)
+        if guard is not None:
+            self.check_guard(guard)
+            txn = guard.txn
         existing = self._table(name) if self.exists(name) else None
         keeps_definition = mode == "append" or replace is not None or keep_table
+        if guard is not None and existing is not None and guard.version is not None:
+            pinned = self._table(name, guard.version)
+            if not keeps_definition and _same_definition(pinned, schema, partition_by):
+                # A full overwrite that keeps schema and partitioning: commit it as a write on the
+                # pinned version, so the conflict checker covers it too.
+                keeps_definition, keep_table = True, True
+            if keeps_definition:
+                existing = pinned
         if existing is not None and keeps_definition:
             table_parts = list(existing.metadata().partition_columns)
             if table_parts != partition_by:
@@ -203,6 +232,8 @@ class DeltaRsStore(TableStore):
                 # Nullable columns added in their own commit first: harmless alone (an all-null column).
                 added = StructType(schema.fields[len(existing.schema().fields) :])
                 existing.alter.add_columns(list(DeltaSchema.from_json(added.json()).fields))
+                # Guarded writes go on from the version with the new columns: the guard was checked
+                # just before, and the commit in between is this writer's own.
                 existing = self._table(name)
                 log.info(
                     "table %s: added columns %s (existing rows read them as null)", name, added.fieldNames()
@@ -220,6 +251,8 @@ class DeltaRsStore(TableStore):
                     f"({replace[0]} in {outside[:5]}); nothing was committed"
                 )
         try:
+            if guard is not None and new_definition:
+                self.check_guard(guard)  # a new definition is not conflict-checked: look once more
             self._commit(
                 location, existing, new_definition, schema, actions, mode, partition_by, replace, txn
             )
@@ -230,7 +263,12 @@ class DeltaRsStore(TableStore):
                 raise StorageError(f"table {name}: commit landed but reported an error: {exc}") from exc
             for path in written:
                 path.unlink(missing_ok=True)
-            if is_concurrent_commit_error(exc):
+            if isinstance(exc, StorageError):
+                raise
+            created_meanwhile = existing is None and self.exists(name)
+            if guard is not None and created_meanwhile:
+                raise guard_error(guard, "created the table") from exc
+            if is_concurrent_commit_error(exc) or created_meanwhile:
                 raise concurrent_write_error(name, exc) from exc
             raise StorageError(f"commit to table {name} failed, table unchanged: {exc}") from exc
         log.info("%s %s: %d files committed (%s)", mode, name, len(actions), self.engine_name)
@@ -315,6 +353,12 @@ class DeltaRsStore(TableStore):
 
 def _spark_schema(table: DeltaTable) -> StructType:
     return StructType.fromJson(json.loads(table.schema().to_json()))
+
+
+def _same_definition(table: DeltaTable, schema: StructType, partition_by: list[str]) -> bool:
+    return list(table.metadata().partition_columns) == partition_by and _spark_schema(table) == _nullable(
+        schema
+    )
 
 
 def _landed(location: Path, actions: list[AddAction]) -> bool:

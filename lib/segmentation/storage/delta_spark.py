@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -19,12 +20,14 @@ from segmentation.config import StorageConfig
 from segmentation.errors import StorageError
 from segmentation.storage.base import (
     TABLE_PROPERTIES,
+    ReadPoint,
     TableFiles,
     TableStore,
     Txn,
     check_write_schema,
     concurrent_write_error,
     deletion_vector_error,
+    guard_error,
     is_concurrent_commit_error,
     local_file,
     refuse_timestamp_ntz,
@@ -131,6 +134,11 @@ class DeltaSparkStore(TableStore):
         rows = self._table(name).history(limit) if limit else self._table(name).history()
         return [r.asDict() for r in rows.select("version", "timestamp", "operation").collect()]
 
+    def _version_and_generation(self, name: str, app_id: str) -> tuple[int, int]:
+        _, snap = self._jsnapshot(name)
+        seen = snap.transactions().get(app_id)
+        return int(snap.version()), int(seen.get()) if seen.isDefined() else 0
+
     def properties(self, name: str) -> dict[str, str]:
         return dict(self._detail(name).properties)
 
@@ -212,12 +220,42 @@ class DeltaSparkStore(TableStore):
                 raise concurrent_write_error(name, exc) from exc
             raise
 
-    def overwrite(self, df: DataFrame, name: str, partition_by: list[str] | None = None) -> None:
+    def _guarded(self, name: str, writer: DataFrameWriter, guard: ReadPoint | None) -> None:
+        """Save, committing only on top of `guard`'s generation. Delta checks the idempotent-write id
+        inside its transaction: a write whose id another writer recorded first is skipped, and one
+        recorded while this transaction ran fails it; a skip is told apart from a commit by a token
+        in the commit's userMetadata."""
+        if guard is None:
+            self._commit(name, lambda: self._save(writer, name))
+            return
+        self.check_guard(guard)
+        token = f"{guard.app_id}:{guard.txn[1]}:{uuid.uuid4().hex}"
+        writer = (
+            writer.option("txnAppId", guard.app_id)
+            .option("txnVersion", str(guard.txn[1]))
+            .option("userMetadata", token)
+        )
+        self._commit(name, lambda: self._save(writer, name))
+        newest = self.version(name)
+        since = newest - (guard.version if guard.version is not None else -1)
+        commits = self._table(name).history(max(1, since)).where(F.col("userMetadata") == token)
+        if commits.isEmpty():
+            raise guard_error(guard, f"committed generation {guard.txn[1]} first")
+
+    def overwrite(
+        self,
+        df: DataFrame,
+        name: str,
+        partition_by: list[str] | None = None,
+        guard: ReadPoint | None = None,
+    ) -> None:
         refuse_timestamp_ntz(df.schema, name)
         writer = self._writer(df, "overwrite").option("overwriteSchema", "true")
-        self._commit(name, lambda: self._save(writer.partitionBy(*(partition_by or [])), name))
+        self._guarded(name, writer.partitionBy(*(partition_by or [])), guard)
 
-    def _replace_where(self, df: DataFrame, name: str, column: str, values: list) -> None:
+    def _replace_where(
+        self, df: DataFrame, name: str, column: str, values: list, guard: ReadPoint | None
+    ) -> None:
         parts = self.partition_columns(name)
         if parts != [column]:
             raise StorageError(f"table {name} is partitioned by {parts}, the write replaces by [{column}]")
@@ -227,7 +265,7 @@ class DeltaSparkStore(TableStore):
         writer = self._writer(df, "overwrite").option("replaceWhere", predicate)
         if evolving:
             writer = writer.option("mergeSchema", "true")
-        self._commit(name, lambda: self._save(writer.partitionBy(column), name))
+        self._guarded(name, writer.partitionBy(column), guard)
 
     def append(
         self, df: DataFrame, name: str, partition_by: list[str] | None = None, txn: Txn | None = None
@@ -249,9 +287,7 @@ class DeltaSparkStore(TableStore):
         return True
 
     def _seen(self, name: str, txn: Txn) -> bool:
-        _, snap = self._jsnapshot(name)
-        seen = snap.transactions().get(txn[0])
-        return bool(seen.isDefined()) and int(seen.get()) >= txn[1]
+        return self._version_and_generation(name, txn[0])[1] >= txn[1]
 
     def _merge(self, df: DataFrame, name: str, keys: list[str]) -> None:
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)

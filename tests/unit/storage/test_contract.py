@@ -11,8 +11,9 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
-from segmentation.errors import StorageError
+from segmentation.errors import ConcurrentWriteError, StorageError
 from segmentation.storage import TABLE_PROPERTIES
+from segmentation.storage.base import local_file
 from tests.unit.storage.conftest import SCHEMA, UTC, rows
 
 
@@ -321,3 +322,61 @@ def test_concurrent_appends_keep_every_committed_row_once(spark, store, frame, t
     assert {tag: counts.get(tag, 0) for tag in "AB"} == {tag: 3 if tag in committed else 0 for tag in "AB"}
     assert len(committed) >= 1
     assert len(rows()) == 3
+
+
+def test_a_guarded_write_never_lands_on_a_newer_generation(spark, store, frame):
+    """The lost update: A reads, B (same kind of writer) commits, A's write must not replace B's."""
+    store.overwrite(frame, "t", ["event_date"])
+    day = dt.date(2026, 9, 2)
+    a = store.read_point("t", "writer")
+    b = store.read_point("t", "writer")
+    assert (a.version, a.generation) == (b.version, 0)
+    b_rows = frame.where("event_date = DATE'2026-09-02'").withColumn("user_id", F.lit("B"))
+    store.replace_where(b_rows, "t", "event_date", [day], guard=b)
+    store.optimize("t")  # a commit that changes no rows does not count against a guard
+    a_rows = b_rows.withColumn("user_id", F.lit("A"))
+    with pytest.raises(ConcurrentWriteError, match="another writer writer committed generation 1"):
+        store.replace_where(a_rows, "t", "event_date", [day], guard=a)
+    with pytest.raises(ConcurrentWriteError):
+        store.overwrite(a_rows, "t", ["event_date"], guard=a)
+    assert partition_rows(store, "t") == [("2026-09-01", "u1"), ("2026-09-02", "B"), ("2026-09-03", "u3")]
+    fresh = store.read_point("t", "writer")
+    assert fresh.generation == 1 and fresh.version > b.version
+    store.replace_where(a_rows, "t", "event_date", [day], guard=fresh)
+    assert ("2026-09-02", "A") in partition_rows(store, "t")
+    assert store.read_point("t", "writer").generation == 2
+
+
+def test_a_guard_taken_before_the_table_existed(spark, store, frame):
+    a = store.read_point("t", "writer")
+    assert a.version is None
+    store.overwrite(frame, "t", ["event_date"], guard=store.read_point("t", "writer"))
+    with pytest.raises(ConcurrentWriteError, match="created the table"):
+        store.overwrite(frame.withColumn("user_id", F.lit("A")), "t", ["event_date"], guard=a)
+    assert len(partition_rows(store, "t")) == 3 and store.read_point("t", "writer").generation == 1
+
+
+def test_the_commit_itself_refuses_a_stale_guard(spark, store, frame, monkeypatch):
+    """The early check is a courtesy; the commit is what holds (another writer may commit between
+    the check and the commit): with the check switched off the stale write still does not land."""
+    store.overwrite(frame, "t", ["event_date"])
+    day = dt.date(2026, 9, 2)
+    a = store.read_point("t", "writer")
+    rows_for = lambda tag: frame.where("event_date = DATE'2026-09-02'").withColumn("user_id", F.lit(tag))  # noqa: E731
+    store.replace_where(rows_for("B"), "t", "event_date", [day], guard=store.read_point("t", "writer"))
+    monkeypatch.setattr(type(store), "check_guard", lambda self, guard: None)
+    with pytest.raises(ConcurrentWriteError):
+        store.replace_where(rows_for("A"), "t", "event_date", [day], guard=a)
+    assert ("2026-09-02", "B") in partition_rows(store, "t")
+    assert ("2026-09-02", "A") not in partition_rows(store, "t")
+    # and it leaves no data file behind that the table does not reference
+    on_disk = {str(p) for p in Path(store.location("t")).rglob("*.parquet")}
+    assert on_disk == set(store.snapshot("t").files) | _removed_files(store, "t")
+
+
+def _removed_files(store, name):
+    """Files of earlier versions (still on disk until VACUUM): in every version's snapshot."""
+    files = set()
+    for entry in store.history(name):
+        files |= set(store.read(name, entry["version"]).inputFiles())
+    return {local_file(f) for f in files}
