@@ -15,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from segmentation.errors import SegmentationError
+from segmentation.errors import SegmentationError, one_line
 from segmentation.registry import COMMANDS, STAGES
 
 log = logging.getLogger("segmentation.cli")
@@ -112,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # Spark and library errors: one line, the traceback only with -v
         if args.verbose:
             log.exception("stage %s failed", args.stage)
-        first = (str(exc).strip().splitlines() or [""])[0][:500]
-        print(f"segment {args.stage}: failed: {type(exc).__name__}: {first}", file=sys.stderr)
+        print(f"segment {args.stage}: failed: {one_line(exc)}", file=sys.stderr)
         return 1
 
 

@@ -10,7 +10,7 @@ import time
 from pyspark.sql import SparkSession
 
 from segmentation.config import Config
-from segmentation.errors import ConfigError, SegmentationError
+from segmentation.errors import ConfigError, SegmentationError, one_line
 from segmentation.registry import PIPELINE, stage
 from segmentation.runs import record_stage, recorded_stages
 from segmentation.stage import FailedStage, StageContext, StageResult
@@ -34,7 +34,7 @@ def run_in_context(ctx: StageContext, name: str) -> StageResult:
     try:
         result = function(ctx)
     except Exception as exc:
-        failure = FailedStage(error=f"{type(exc).__name__}: {exc}".splitlines()[0][:2000])
+        failure = FailedStage(error=one_line(exc, limit=2000))
         try:
             record_stage(ctx, name, "failed", started, failure)
         except SegmentationError as audit_error:  # the original failure matters more

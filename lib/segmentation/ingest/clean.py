@@ -7,7 +7,7 @@ from itertools import chain
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import DataType, NumericType, StructType
+from pyspark.sql.types import DataType, DecimalType, IntegralType, NumericType, StringType, StructType
 
 from segmentation.config import IngestConfig, InputConfig
 from segmentation.errors import ConfigError
@@ -36,11 +36,14 @@ def builtin_rules(input_cfg: InputConfig, ingest_cfg: IngestConfig) -> list[Rule
     tolerance = ingest_cfg.future_tolerance_minutes
     rules = [
         Rule("missing_user_id", "user_id IS NOT NULL AND trim(user_id) <> ''"),
+        Rule("invalid_user_id", "_user_id_scalar"),
         Rule("invalid_timestamp", "event_time IS NOT NULL"),
         Rule("future_timestamp", f"event_time <= current_timestamp() + INTERVAL {tolerance} MINUTES"),
+        Rule("missing_event_type", "event_type IS NOT NULL OR event_type_raw IS NOT NULL"),
     ]
     if input_cfg.unknown_event_type == "quarantine":
         rules.append(Rule("unknown_event_type", "event_type IS NOT NULL OR event_type_raw IS NULL"))
+    rules.append(Rule("invalid_value", "_value_numeric AND _quantity_numeric"))
     rules.append(Rule("negative_value", "coalesce(value, 0) >= 0 AND coalesce(quantity, 0) >= 0"))
     for name in ingest_cfg.rule_actions:
         if name not in {r.name for r in rules}:
@@ -93,6 +96,26 @@ def _event_time(col: Column, tp: DataType | None, time_format: str | None) -> Co
     return F.try_to_timestamp(text, F.lit(time_format)) if time_format else F.try_to_timestamp(text)
 
 
+def _scalar_id(col: Column, tp: DataType | None) -> Column:
+    """False for an id that is not one: a boolean, a number with a fraction, an array or an object
+    (also when a mixed-type JSON column brings them as text, `["x"]`, `true`); true for null."""
+    if tp is not None and not isinstance(tp, StringType | IntegralType | DecimalType):
+        return col.isNull()
+    if isinstance(tp, DecimalType) and tp.scale > 0:
+        return col.isNull() | (col == F.floor(col))
+    text = F.lower(F.trim(col.cast("string")))
+    structured = text.startswith("[") | text.startswith("{") | text.isin("true", "false", "null")
+    return F.coalesce(~structured, F.lit(True))
+
+
+def _numeric(col: Column, tp: DataType | None, typed: Column) -> Column:
+    """False where the source has a value that is not a finite number (`"abc"`, `true`, NaN)."""
+    if tp is not None and not isinstance(tp, NumericType | StringType):
+        return col.isNull()
+    finite = typed.isNotNull() & ~F.isnan(typed.cast("double")) & (F.abs(typed.cast("double")) < float("inf"))
+    return col.isNull() | F.coalesce(finite, F.lit(False))
+
+
 def _normalized(col: Column) -> Column:
     text = F.lower(F.trim(col.cast("string")))
     return F.when(text == "", None).otherwise(text)
@@ -103,7 +126,8 @@ def canonicalize(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
 
     Input: raw_record, source_file, rec, parse_error (see readers). Output: raw_record, source_file,
     parse_error, the canonical fields (user_id, event_time UTC, event_type or null when
-    unmapped, item_id, category, value, quantity, session_id, device) and event_type_raw.
+    unmapped, item_id, category, value, quantity, session_id, device), event_type_raw, and the
+    checks the built-in rules read: _user_id_scalar, _value_numeric, _quantity_numeric.
     """
     sources = source_columns(parsed, cfg)
 
@@ -122,6 +146,12 @@ def canonicalize(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
         mapped_type = F.lit("other")
 
     user = F.trim(src("user_id").cast("string"))
+    value = src("value").try_cast("double")
+    quantity = src("quantity").try_cast("double").try_cast("long")
+
+    def typed(name: str) -> DataType | None:
+        return sources[name][1] if name in sources else None
+
     return parsed.select(
         "raw_record",
         "source_file",
@@ -132,10 +162,15 @@ def canonicalize(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
         mapped_type.alias("event_type"),
         src("item_id").cast("string").alias("item_id"),
         _normalized(src("category")).alias("category"),
-        src("value").try_cast("double").alias("value"),
-        src("quantity").try_cast("double").try_cast("long").alias("quantity"),
+        value.alias("value"),
+        quantity.alias("quantity"),
         src("session_id").cast("string").alias("session_id"),
         _normalized(src("device")).alias("device"),
+        _scalar_id(src("user_id"), typed("user_id")).alias("_user_id_scalar"),
+        _numeric(src("value"), typed("value"), value).alias("_value_numeric"),
+        _numeric(src("quantity"), typed("quantity"), src("quantity").try_cast("double")).alias(
+            "_quantity_numeric"
+        ),
     )
 
 

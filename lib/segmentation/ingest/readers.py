@@ -17,16 +17,18 @@ import logging
 import re
 from pathlib import Path
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from segmentation.config import InputConfig
-from segmentation.errors import ConfigError
+from segmentation.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
 CORRUPT = "_corrupt_record"
+UNDECODABLE = "_undecodable"
 _PARTITION_DIR = re.compile(r"^[^=/]+=[^/]*$")
 
 
@@ -78,29 +80,87 @@ def _files_reader(spark: SparkSession, cfg: InputConfig) -> DataFrameReader:
 
 
 def _lines(spark: SparkSession, files: list[str]) -> DataFrame:
-    """Every line of every file (gzip too): blank and malformed lines are records as well."""
+    """Every line of every file (gzip too): blank and malformed lines are records as well. Lines are
+    kept as valid UTF-8 (bytes that are not become U+FFFD, so every table stays readable by every
+    reader); `_undecodable` says which had such bytes."""
+    value = F.col("value")
     return (
         spark.read.option("recursiveFileLookup", "true")
         .text(files)
-        .select(F.col("value").alias("raw_record"), _source_file())
+        .select(
+            F.make_valid_utf8(value).alias("raw_record"),
+            _source_file(),
+            F.coalesce(~F.is_valid_utf8(value), F.lit(False)).alias(UNDECODABLE),
+        )
     )
 
 
 def _read_json_lines(spark: SparkSession, cfg: InputConfig, files: list[str]) -> DataFrame:
+    """One JSON object per line. A line that is not one, repeats a key (which value would count is
+    undefined) or holds bytes that are not UTF-8 is a record to quarantine; a batch in which no line
+    at all is a JSON object is an input error naming its files."""
     lines = _lines(spark, files)
-    inferred = spark.read.options(**_options(cfg)).option("recursiveFileLookup", "true").json(files).schema
-    fields = [f for f in inferred.fields if f.name != CORRUPT]
-    if not fields:
-        raise ConfigError(f"input.path {cfg.path}: no JSON records found")
+    keys = F.json_object_keys("raw_record")
+    repeated_key = F.coalesce(
+        F.size(F.array_distinct(F.transform(keys, F.lower))) < F.size(keys), F.lit(False)
+    )
+    inferred = _infer_json(spark, cfg, files, lines, repeated_key)
+    fields = _first_of_each_name(f for f in inferred if f.name != CORRUPT)
+    if not fields and not lines.isEmpty():
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        raise InputError(f"input.format is json but no line of {shown} is a JSON object")
     schema = StructType([*fields, StructField(CORRUPT, StringType())])
     parsed = F.from_json("raw_record", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
-    ok = parsed.isNotNull() & parsed[CORRUPT].isNull()
+    ok = parsed.isNotNull() & parsed[CORRUPT].isNull() & ~repeated_key
     return lines.select(
         "raw_record",
         "source_file",
-        F.when(ok, parsed.dropFields(CORRUPT)).alias("rec"),
-        F.when(~ok, F.lit("malformed_record")).alias("parse_error"),
+        F.when(ok & ~undecodable(lines), parsed.dropFields(CORRUPT)).alias("rec"),
+        parse_error(lines, ok, "malformed_record"),
     )
+
+
+def _infer_json(
+    spark: SparkSession, cfg: InputConfig, files: list[str], lines: DataFrame, repeated_key: Column
+) -> list[StructField]:
+    """The fields of the batch's JSON objects, inferred by Spark's JSON reader from the files. Its
+    inference refuses a batch in which a record repeats a key (the key becomes two columns); then it
+    infers again from the other lines, which pass through Python once (only in that case)."""
+    reader = spark.read.options(**_options(cfg))
+    try:
+        return list(reader.option("recursiveFileLookup", "true").json(files).schema.fields)
+    except AnalysisException as exc:
+        if "COLUMN_ALREADY_EXISTS" not in str(exc):
+            raise
+    log.warning("ingest: a record repeats a JSON key (quarantined); inferring the schema from the others")
+    others = lines.where(~repeated_key).select("raw_record").rdd.map(lambda row: row[0])
+    return list(reader.json(others).schema.fields)
+
+
+def undecodable(raw: DataFrame) -> Column:
+    """Records with bytes that are not UTF-8: flagged by `_lines`, or (CSV, decoded by Java) holding
+    the U+FFFD Java puts in their place."""
+    if UNDECODABLE in raw.columns:
+        return F.col(UNDECODABLE)
+    return F.coalesce(F.col("raw_record").contains("\ufffd"), F.lit(False))
+
+
+def parse_error(raw: DataFrame, ok: Column, reason: str) -> Column:
+    """`invalid_encoding` for records with undecodable bytes, else `reason` where not `ok`."""
+    return (
+        F.when(undecodable(raw), F.lit("invalid_encoding"))
+        .when(~ok, F.lit(reason))
+        .otherwise(F.lit(None).cast("string"))
+        .alias("parse_error")
+    )
+
+
+def _first_of_each_name(fields) -> list[StructField]:
+    """Inference lists a key twice when records repeat it (or spell it in two cases); keep the first."""
+    kept: dict[str, StructField] = {}
+    for f in fields:
+        kept.setdefault(f.name.lower(), f)
+    return list(kept.values())
 
 
 def _read_csv(spark: SparkSession, cfg: InputConfig, files: list[str]) -> DataFrame:
@@ -119,11 +179,17 @@ def _read_csv(spark: SparkSession, cfg: InputConfig, files: list[str]) -> DataFr
     partition_cols = [c for c in rows.columns if c not in schema.fieldNames()]
     record = F.struct(*[F.col(f"`{c}`") for c in [f.name for f in data_fields] + partition_cols])
     bad = F.col(CORRUPT).isNotNull()
-    return rows.select(
+    framed = rows.select(
         F.when(bad, F.col(CORRUPT)).otherwise(F.to_json(record)).alias("raw_record"),
         _source_file(),
-        F.when(~bad, record).alias("rec"),
-        F.when(bad, F.lit("malformed_record")).alias("parse_error"),
+        record.alias("rec"),
+        bad.alias("bad"),
+    )
+    return framed.select(
+        "raw_record",
+        "source_file",
+        F.when(~F.col("bad") & ~undecodable(framed), F.col("rec")).alias("rec"),
+        parse_error(framed, ~F.col("bad"), "malformed_record"),
     )
 
 
@@ -202,6 +268,6 @@ def _read_text(spark: SparkSession, cfg: InputConfig, files: list[str]) -> DataF
     return lines.select(
         "raw_record",
         "source_file",
-        F.when(matched, record).alias("rec"),
-        F.when(~matched, F.lit("pattern_mismatch")).alias("parse_error"),
+        F.when(matched & ~undecodable(lines), record).alias("rec"),
+        parse_error(lines, matched, "pattern_mismatch"),
     )

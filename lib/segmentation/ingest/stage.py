@@ -185,7 +185,8 @@ def _write_silver(
 def _write_rejected_and_bronze(
     ctx: StageContext, checked: DataFrame, incremental: bool, files: list[str]
 ) -> None:
-    """Quarantine then bronze; bronze last, as the ledger of processed files. Appends carry a
+    """Quarantine then bronze; bronze last, as the ledger of processed files. A file without a single
+    record gets one bronze row with a null raw_record, so the ledger knows it too. Appends carry a
     transaction id per batch, so a batch redone after a crash is not written twice."""
     ctx.describe("ingest: quarantine and bronze")
     batch = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
@@ -194,6 +195,14 @@ def _write_rejected_and_bronze(
         F.col("reject_reason").alias("reason"), "raw_record", "source_file", "run_id", ingested_at
     )
     bronze = checked.select("raw_record", "source_file", "run_id", ingested_at)
+    with_records = {normalize_file(r.source_file) for r in checked.select("source_file").distinct().collect()}
+    empty = [f for f in files if f not in with_records]  # one row per file, not per record
+    if empty:
+        log.info("ingest: %d files hold no records (recorded as ingested): %s", len(empty), empty[:5])
+        markers = ctx.spark.createDataFrame(
+            [(None, f) for f in empty], "raw_record string, source_file string"
+        ).select("raw_record", "source_file", F.lit(ctx.run_id).alias("run_id"), ingested_at)
+        bronze = bronze.unionByName(markers)
     for frame, table in ((rejected, EVENTS_QUARANTINE), (bronze, EVENTS_BRONZE)):
         if incremental:
             ctx.store.append(frame, table, txn=(f"ingest-{table}-{batch}", 1))

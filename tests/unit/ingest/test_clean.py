@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from segmentation.errors import ConfigError
+from segmentation.errors import ConfigError, InputError
 from segmentation.ingest import stage as ingest
 from segmentation.stage import StageContext
 from segmentation.storage import open_store
@@ -226,3 +226,50 @@ def test_crash_before_the_ledger_is_redone_without_duplicates(spark, cfg, monkey
     store = open_store(spark, cfg.storage)
     assert store.read(EVENTS_SILVER).count() == 5
     assert store.read(EVENTS_QUARANTINE).count() == 1
+
+
+def test_poison_records_are_quarantined_not_fatal(spark, cfg):
+    """Each record that is not an event gets its reason; the batch goes on; an empty file is
+    recorded as ingested, so the next run has nothing to do."""
+    raw = Path(cfg.input.path)
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "empty.json").write_bytes(b"")
+    good = _event("u1", "2026-09-01T10:00:00Z")
+    lines = [
+        good.encode(),
+        b'{"user_id": "u\xe9", "event_time": "2026-09-01T11:00:00Z", "event_type": "view"}',  # Latin-1
+        b'{"user_id": "u2", "event_time": "2026-09-01T11:00:00Z", "event_type": "view", "user_id": "u3"}',
+        _event(["x"], "2026-09-01T12:00:00Z").encode(),
+        _event(True, "2026-09-01T12:00:00Z").encode(),
+        _event("u5", "2026-09-01T12:00:00Z", None).encode(),
+        _event("u6", "2026-09-01T12:00:00Z", "purchase", value="abc").encode(),
+        _event("u7", "2026-09-01T12:00:00Z", "purchase", value="12.5", quantity="NaN").encode(),
+        _event("u8", "2026-09-01T12:00:00Z", "purchase", value="12.5").encode(),
+    ]
+    (raw / "poison.json").write_bytes(b"\n".join(lines) + b"\n")
+    cfg.ingest.mode = "incremental"
+    result = ingest.run(StageContext.create(spark, cfg, "poison"))
+    assert result.quarantined_by_reason == {
+        "invalid_encoding": 1,
+        "malformed_record": 1,
+        "invalid_user_id": 2,
+        "missing_event_type": 1,
+        "invalid_value": 2,
+    }
+    assert (result.rows_in, result.rows_out, result.new_files) == (9, 2, 2)
+    store = open_store(spark, cfg.storage)
+    silver = store.read(EVENTS_SILVER)
+    assert sorted((r.user_id, r.value) for r in silver.collect()) == [("u1", None), ("u8", 12.5)]
+    # every table stays valid UTF-8: the undecodable byte is kept as U+FFFD in quarantine
+    bad = store.read(EVENTS_QUARANTINE).where("reason = 'invalid_encoding'").head()
+    assert "u\ufffd" in bad.raw_record
+    again = ingest.run(StageContext.create(spark, cfg, "poison-again"))
+    assert again.rows_in == 0 and again.files_seen_before == 2
+
+
+def test_input_with_no_json_object_is_an_error_naming_the_file(spark, cfg):
+    raw = Path(cfg.input.path)
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "notes.json").write_text("this is\nnot json\n")
+    with pytest.raises(InputError, match=r"no line of .*notes\.json is a JSON object"):
+        ingest.run(StageContext.create(spark, cfg, "no-json"))
