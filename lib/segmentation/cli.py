@@ -219,8 +219,10 @@ def is_read_only(query: str, nodes: list[str]) -> bool:
 
 
 def _sql(spark, cfg, query: str, fmt: str, limit: int, allow_writes: bool = False) -> int:
-    from segmentation.errors import ConfigError
+    from segmentation.cluster.stage import published_run
+    from segmentation.errors import ConfigError, StageError
     from segmentation.storage import open_store
+    from segmentation.tables import SEGMENT_CENTROIDS, SEGMENT_PROFILES, USER_SEGMENTS
 
     if not allow_writes and not is_read_only(query, statement_nodes(spark, query)):
         raise ConfigError(
@@ -228,7 +230,12 @@ def _sql(spark, cfg, query: str, fmt: str, limit: int, allow_writes: bool = Fals
             "to run a statement that changes tables"
         )
     store = open_store(spark, cfg.storage)
-    store.register_views()
+    registered = store.register_views()
+    if {USER_SEGMENTS, SEGMENT_PROFILES, SEGMENT_CENTROIDS} <= set(registered):
+        try:
+            published_run(store)
+        except StageError as exc:  # the query still runs: it may be the way to look into it
+            log.warning("%s", exc)
     frame = spark.sql(query)
     columns = frame.columns
     out = sys.stdout

@@ -442,11 +442,18 @@ def build_config(data: dict[str, Any]) -> Config:
 
 class _Loader(yaml.SafeLoader):
     """YAML without implicit timestamps: dates and times in the config are strings the checks parse
-    and name the key of (PyYAML's own date parsing failed on 2026-13-01 naming no key)."""
+    and name the key of (PyYAML's own date parsing failed on 2026-13-01 naming no key). Booleans are
+    YAML 1.2's `true`/`false` only: YAML 1.1 also reads `on`, `off`, `yes`, `no` as booleans, which
+    turned `clustering.stability: off` into False."""
 
 
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [
+        (tag, _BOOL if tag == "tag:yaml.org,2002:bool" else regexp)
+        for tag, regexp in resolvers
+        if tag != "tag:yaml.org,2002:timestamp"
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 

@@ -51,3 +51,52 @@ def test_a_killed_stage_stays_visible_as_running(spark, tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert [(r.stage, r.status, r.finished_at) for r in rows()] == [("features", "running", None)]
+
+
+@pytest.mark.slow
+def test_a_cluster_run_killed_while_publishing_is_never_read_half(spark, lake, tmp_path):
+    """kill -9 the moment a new run's first segment table lands: the segment tables then either all
+    hold one run, or every reader refuses them with the cause; `segment cluster` again repairs."""
+    import shutil
+
+    from segmentation.cluster.stage import published_run
+    from segmentation.errors import StageError
+    from segmentation.tables import SEGMENT_PROFILES
+
+    shutil.copytree(lake.root / "lake", tmp_path / "lake")
+    settings = [
+        f"storage.root={tmp_path / 'lake'}",
+        f"input.path={lake.root / 'raw'}",
+        f"report.path={tmp_path / 'reports'}",
+        "clustering.k=[3]",
+        "clustering.algorithms=[kmeans]",
+        "clustering.stability=off",
+        "spark.master=local[1]",
+    ]
+    args = ["--conf", str(REPO / "conf" / "local.yaml")] + [a for s in settings for a in ("--set", s)]
+    store = open_store(spark, make_config(tmp_path, *settings).storage)
+    before = published_run(store)
+    version = store.version(SEGMENT_PROFILES)
+    segment = Path(sys.executable).parent / "segment"
+    proc = subprocess.Popen(
+        [str(segment), "cluster", *args, "--run-id", "killed"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while store.version(SEGMENT_PROFILES) == version:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"cluster ended (exit {proc.returncode}) before publishing was seen")
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    try:
+        assert published_run(store) in (before, "killed")  # whole: one run in every table
+    except StageError as exc:
+        assert "run `segment cluster` again" in str(exc)
+        assert main(["report", *args]) == 1  # a reader refuses the mix instead of mislabelling
+    assert main(["cluster", *args, "--run-id", "redo"]) == 0
+    assert published_run(store) == "redo"

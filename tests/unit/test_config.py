@@ -121,3 +121,10 @@ def test_an_impossible_date_in_a_file_names_its_key(tmp_path):
     overlay.write_text("features:\n  as_of: 2026-13-01\n")
     with pytest.raises(ConfigError, match="config key 'features.as_of'"):
         load_config([str(overlay)])
+
+
+def test_yaml_words_stay_words():
+    """YAML 1.1 reads on/off/yes/no as booleans; the config takes only true/false as booleans, so
+    `clustering.stability: off` means the documented value."""
+    cfg = load_config([], ["clustering.stability=off"])
+    assert cfg.clustering.stability == "off"

@@ -25,6 +25,7 @@ from segmentation.cluster.profiles import build_profiles, feature_columns, profi
 from segmentation.cluster.selection import select
 from segmentation.errors import StageError
 from segmentation.stage import StageContext, StageResult, summary_field
+from segmentation.storage import TableStore
 from segmentation.tables import (
     CLUSTERING_EVALUATION,
     CLUSTERING_EVALUATION_SCHEMA,
@@ -71,13 +72,12 @@ def run(ctx: StageContext) -> ClusterResult:
         baseline = (
             None if "raw" in cfg.candidates else results[select(results, cfg, candidates=["raw"]).index]
         )
-        segments = _write_selected(ctx, model, points, chosen)
+        rows = [r.row(ctx.run_id) for r in results]
+        frame = ctx.spark.createDataFrame(rows, CLUSTERING_EVALUATION_SCHEMA)
+        ctx.store.replace_where(frame, CLUSTERING_EVALUATION, "run_id", [ctx.run_id])
+        segments = _write_selected(ctx, model, points, chosen, embeddings, features)
     finally:
         points.unpersist()
-    _save_segmenter(ctx, model, chosen, embeddings, features)
-    rows = [r.row(ctx.run_id) for r in results]
-    frame = ctx.spark.createDataFrame(rows, CLUSTERING_EVALUATION_SCHEMA)
-    ctx.store.replace_where(frame, CLUSTERING_EVALUATION, "run_id", [ctx.run_id])
     return ClusterResult(
         rows_in=n_users,
         rows_out=segments,
@@ -139,9 +139,22 @@ def planted_truth(ctx: StageContext) -> DataFrame | None:
     return ctx.spark.read.json(str(path)).select("user_id", "segment")
 
 
-def _write_selected(ctx: StageContext, model, points: DataFrame, chosen: Evaluation) -> int:
-    """user_segments, segment_centroids and segment_profiles of the selected partition; returns the
-    number of users segmented."""
+def _write_selected(
+    ctx: StageContext,
+    model,
+    points: DataFrame,
+    chosen: Evaluation,
+    embeddings: DataFrame,
+    features: DataFrame,
+) -> int:
+    """user_segments, segment_centroids and segment_profiles of the selected partition, and the saved
+    segmenter; returns the number of users segmented.
+
+    Everything is computed and the model saved before the first table is replaced; then the three
+    tables are replaced back to back, user_segments last, and the segmenter published. A run killed
+    before that leaves the previous run's outputs whole; one killed between those commits leaves
+    tables of two runs, which `published_run` detects (every reader checks it) until cluster runs
+    again."""
     cfg, store, run_id = ctx.cfg, ctx.store, ctx.run_id
     ctx.describe(f"cluster: write segments ({chosen.representation} {chosen.algorithm} k={chosen.k})")
     representation = chosen.representation
@@ -164,25 +177,32 @@ def _write_selected(ctx: StageContext, model, points: DataFrame, chosen: Evaluat
             *tags,
             F.lit(chosen.representation).alias("representation"),
         )
-        store.overwrite(segments, USER_SEGMENTS)
+        names = feature_columns(features)
+        sums = [r.asDict() for r in segment_sums(assigned, features, names).collect()]  # a row per segment
+        profiles = build_profiles(
+            sums, names, cfg.privacy.min_segment_size, cfg.clustering.label_features, run_id
+        )
+        _log_profiles(profiles, cfg.privacy.min_segment_size)
+        _save_segmenter(ctx, model, chosen, embeddings, features)
+        ctx.describe("cluster: publish")
+        store.overwrite(ctx.spark.createDataFrame(profiles.rows, profile_schema(names)), SEGMENT_PROFILES)
         store.overwrite(
             centres.select("segment_id", F.col("n").alias("size"), "centroid", *tags), SEGMENT_CENTROIDS
         )
+        store.overwrite(segments, USER_SEGMENTS)
+        publish(ctx.paths.current_segmenter, run_id)
         centres.unpersist()
     finally:
         assigned.unpersist()
-    written = store.read(USER_SEGMENTS)
-    features = store.read(USER_FEATURES)
-    names = feature_columns(features)
-    sums = [r.asDict() for r in segment_sums(written, features, names).collect()]  # one row per segment
-    profiles = build_profiles(
-        sums, names, cfg.privacy.min_segment_size, cfg.clustering.label_features, run_id
-    )
+    return sum(r["n_users"] for r in sums)
+
+
+def _log_profiles(profiles, minimum: int) -> None:
     if profiles.merged_segments:
         log.info(
             "cluster: %d segments under privacy.min_segment_size=%d merged into segment -1 (other)%s",
             profiles.merged_segments,
-            cfg.privacy.min_segment_size,
+            minimum,
             f"; {profiles.suppressed_users} users withheld" if profiles.suppressed_users else "",
         )
     for row in profiles.rows:
@@ -193,8 +213,24 @@ def _write_selected(ctx: StageContext, model, points: DataFrame, chosen: Evaluat
             100 * row["share"],
             row["label"],
         )
-    store.overwrite(ctx.spark.createDataFrame(profiles.rows, profile_schema(names)), SEGMENT_PROFILES)
-    return sum(r["n_users"] for r in sums)
+
+
+def published_run(store: TableStore) -> str:
+    """The cluster run whose outputs user_segments, segment_centroids and segment_profiles hold; a
+    StageError when they hold different runs (a cluster run was killed while replacing them) or
+    when one is missing. Each table holds one run (the stage replaces them whole), so one row each
+    says which."""
+    runs = {}
+    for name in (SEGMENT_PROFILES, SEGMENT_CENTROIDS, USER_SEGMENTS):
+        row = store.read_or_fail(name, "reading segments").select("run_id").head()
+        runs[name] = row.run_id if row else None
+    if len(set(runs.values())) != 1:
+        held = ", ".join(f"{name}: {run}" for name, run in runs.items())
+        raise StageError(
+            f"the segment tables hold different cluster runs ({held}): a cluster run stopped while "
+            "replacing them; run `segment cluster` again"
+        )
+    return next(iter(runs.values()))
 
 
 def _save_segmenter(
@@ -215,5 +251,4 @@ def _save_segmenter(
         "features_run_id": features.select("run_id").head()[0],
     }
     atomic_write_text(directory / "segmenter.json", json.dumps(manifest, indent=2))
-    publish(ctx.paths.current_segmenter, run_id)
     log.info("cluster: model saved to %s", directory)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pyspark.sql import functions as F
 
 from segmentation.artifacts import atomic_write_text
+from segmentation.cluster.stage import published_run
 from segmentation.report.render import render
 from segmentation.stage import StageContext, StageResult, summary_field
 from segmentation.tables import CLUSTERING_EVALUATION, PIPELINE_RUNS, SEGMENT_PROFILES
@@ -27,9 +28,9 @@ class ReportResult(StageResult):
 
 def run(ctx: StageContext) -> ReportResult:
     store = ctx.store
-    profiles_all = [r.asDict() for r in store.read_or_fail(SEGMENT_PROFILES, "report").collect()]  # k rows
-    # The evaluation of the clustering run that produced the current segments.
-    cluster_run = profiles_all[0]["run_id"] if profiles_all else ctx.run_id
+    # The clustering run that produced the current segments (all segment tables agree on it).
+    cluster_run = published_run(store)
+    profiles_all = [r.asDict() for r in store.read(SEGMENT_PROFILES).collect()]  # k rows
     evaluations = store.read_or_fail(CLUSTERING_EVALUATION, "report").where(F.col("run_id") == cluster_run)
     evaluations = [r.asDict() for r in evaluations.orderBy("representation", "algorithm", "k").collect()]
     minimum = ctx.cfg.privacy.min_segment_size

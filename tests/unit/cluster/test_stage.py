@@ -113,3 +113,43 @@ def test_cluster_stage_on_planted_segments(spark, cfg, planted):
     assert rescored.join(segments.select("user_id", "segment_id"), ["user_id", "segment_id"]).count() == (
         SEGMENTS * PER_SEGMENT
     )
+
+
+def test_segment_tables_of_two_runs_are_detected_not_read(spark, cfg, planted, monkeypatch):
+    """A run that stops between replacing segment_profiles and user_segments (a kill -9 there) must
+    not let readers join one run's segments with another's profiles."""
+    from segmentation.errors import StageError
+    from segmentation.report import stage as report
+
+    cfg.clustering.k = [3, 4]
+    cfg.clustering.algorithms = ["kmeans"]
+    cfg.clustering.stability = "off"
+    cluster.run(StageContext.create(spark, cfg, "old"))
+    assert cluster.published_run(planted) == "old"
+
+    cfg.clustering.k = [3]  # the new run publishes k=3 over the old k=4 or so
+    engine = type(planted)
+    real_overwrite = engine.overwrite
+
+    def killed_before_user_segments(self, df, name, *args, **kwargs):
+        if name == "user_segments":
+            raise KeyboardInterrupt("killed between the segment tables' commits")
+        return real_overwrite(self, df, name, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "overwrite", killed_before_user_segments)
+    with pytest.raises(KeyboardInterrupt):
+        cluster.run(StageContext.create(spark, cfg, "new"))
+    monkeypatch.undo()
+    assert planted.read("segment_profiles").head().run_id == "new"
+    assert planted.read("user_segments").head().run_id == "old"
+    with pytest.raises(StageError, match=r"user_segments: old.*run `segment cluster` again"):
+        report.run(StageContext.create(spark, cfg, "new"))
+
+    cluster.run(StageContext.create(spark, cfg, "redo"))
+    assert cluster.published_run(planted) == "redo"
+    sizes = {r.segment_id: r.size for r in planted.read("segment_centroids").collect()}
+    counted = {
+        r.segment_id: r["count"]
+        for r in planted.read("user_segments").groupBy("segment_id").count().collect()
+    }
+    assert sizes == counted and len(sizes) == 3
