@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 
@@ -121,13 +122,14 @@ def _normalized(col: Column) -> Column:
     return F.when(text == "", None).otherwise(text)
 
 
-def canonicalize(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
+def canonicalize(parsed: DataFrame, cfg: InputConfig, keep: Sequence[str] = ()) -> DataFrame:
     """Parsed raw records → canonical columns (untrusted yet).
 
     Input: raw_record, source_file, rec, parse_error (see readers). Output: raw_record, source_file,
     parse_error, the canonical fields (user_id, event_time UTC, event_type or null when
     unmapped, item_id, category, value, quantity, session_id, device), event_type_raw, and the
-    checks the built-in rules read: _user_id_scalar, _value_numeric, _quantity_numeric.
+    checks the built-in rules read: _user_id_scalar, _value_numeric, _quantity_numeric; plus the
+    input columns named in `keep`.
     """
     sources = source_columns(parsed, cfg)
 
@@ -156,6 +158,7 @@ def canonicalize(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
         "raw_record",
         "source_file",
         "parse_error",
+        *keep,
         F.when(user != "", user).alias("user_id"),
         _event_time(src("event_time"), sources["event_time"][1], cfg.time_format).alias("event_time"),
         raw_type.alias("event_type_raw"),
@@ -198,9 +201,36 @@ def count_broken(checked: DataFrame, rules: list[Rule]) -> dict[str, int]:
     return {r.name: int(row[r.name] or 0) for r in watched}
 
 
-def with_event_id(events: DataFrame) -> DataFrame:
-    """`event_id`: a deterministic hash of the source record, so exact duplicates share it."""
-    return events.withColumn("event_id", F.substring(F.sha2(F.col("raw_record"), 256), 1, 32))
+def with_event_id(events: DataFrame, key: bytes | None = None) -> DataFrame:
+    """`event_id`: a deterministic hash of the source record, so exact duplicates share it; keyed
+    (HMAC) under pseudonymization, so the id cannot be checked against a guessed raw record."""
+    from segmentation.privacy import pseudonymize
+
+    raw = F.col("raw_record")
+    digest = F.sha2(raw, 256) if key is None else pseudonymize(raw, key)
+    return events.withColumn("event_id", F.substring(digest, 1, 32))
+
+
+def redacted_record(
+    parsed: DataFrame, cfg: InputConfig, withheld: Sequence[str], key: bytes | None
+) -> Column:
+    """What bronze and quarantine may keep of a record under privacy settings: the parsed record as
+    JSON with its user id pseudonymized (with `key`) and the `withheld` canonical fields' sources
+    removed; null for a record that could not be parsed (nothing in it can be told apart from an id).
+
+    Input: the readers' columns (rec). Output: one string column."""
+    from segmentation.privacy import pseudonymize
+
+    schema = parsed.schema["rec"].dataType
+    rec = F.col("rec")
+    user = cfg.mapping.get("user_id", "user_id")
+    if key is not None and _resolve(schema, user) is not None:
+        rec = rec.withField(user, pseudonymize(F.col("rec." + user).cast("string"), key))
+    for name in withheld:
+        path = cfg.mapping.get(name, name)
+        if _resolve(schema, path) is not None:
+            rec = rec.dropFields(path)
+    return F.when(F.col("rec").isNotNull(), F.to_json(rec))
 
 
 def sessionize(events: DataFrame, gap_minutes: int) -> DataFrame:

@@ -26,7 +26,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from segmentation.errors import ConcurrentWriteError, DataQualityError, StageError
+from segmentation.config import Config
+from segmentation.errors import ConcurrentWriteError, ConfigError, DataQualityError, StageError
 from segmentation.ingest.clean import (
     Rule,
     bot_users,
@@ -35,6 +36,7 @@ from segmentation.ingest.clean import (
     classify,
     count_broken,
     flag_bots,
+    redacted_record,
     sessionize,
     with_event_id,
 )
@@ -52,6 +54,9 @@ from segmentation.tables import (
 
 log = logging.getLogger(__name__)
 
+PRIVACY_PROPERTY = "segment.privacy.pseudonymize"
+"""Recorded on each event table: the privacy.pseudonymize it was written with."""
+REDACTED = "_redacted_record"
 INGEST_WRITER = "segment-ingest"
 """The app id whose generation guards silver's read-modify-write (storage.base.ReadPoint)."""
 
@@ -70,6 +75,7 @@ class IngestResult(StageResult):
 def run(ctx: StageContext) -> IngestResult:
     cfg, store = ctx.cfg, ctx.store
     key = hmac_key(ctx.spark, cfg.privacy) if cfg.privacy.pseudonymize else None  # fails before reading
+    check_privacy_mode(store, cfg)
     rules = builtin_rules(cfg.input, cfg.ingest)
     files = list_input_files(ctx.spark, cfg.input)
     if not files:
@@ -95,9 +101,14 @@ def run(ctx: StageContext) -> IngestResult:
     )
     ctx.describe(f"ingest: read {len(new_files)} files")
     raw = read_raw(ctx.spark, cfg.input, new_files)
-    checked = classify(with_event_id(canonicalize(raw, cfg.input)), rules).withColumn(
-        "run_id", F.lit(ctx.run_id)
-    )
+    redacting = key is not None or bool(cfg.privacy.pii_fields)
+    if redacting:
+        raw = raw.withColumn(REDACTED, redacted_record(raw, cfg.input, cfg.privacy.pii_fields, key))
+    events = with_event_id(canonicalize(raw, cfg.input, keep=[REDACTED] if redacting else []), key)
+    if redacting:
+        # From here on (bronze and quarantine included) no raw id or withheld field is kept.
+        events = events.withColumn("raw_record", F.col(REDACTED)).drop(REDACTED)
+    checked = classify(events, rules).withColumn("run_id", F.lit(ctx.run_id))
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         warned = _apply_watch_rules(checked, rules)
@@ -105,6 +116,7 @@ def run(ctx: StageContext) -> IngestResult:
         _write_rejected_and_bronze(ctx, checked, incremental, new_files)
     finally:
         checked.unpersist()
+    record_privacy_mode(store, cfg)
     bots = (
         store.read(EVENTS_SILVER)
         .where("is_bot")
@@ -123,6 +135,30 @@ def run(ctx: StageContext) -> IngestResult:
         result.bot_users,
     )
     return result
+
+
+def check_privacy_mode(store: TableStore, cfg: Config) -> None:
+    """Refuse to mix pseudonymized and raw ids in one lake: each event table records the mode it was
+    written in, and an incremental run in the other mode is a config error (a full re-ingest
+    rewrites them all and may change it)."""
+    mode = str(cfg.privacy.pseudonymize).lower()
+    if cfg.ingest.mode == "full":
+        return
+    for table in (EVENTS_SILVER, EVENTS_BRONZE, EVENTS_QUARANTINE):
+        recorded = store.properties(table).get(PRIVACY_PROPERTY) if store.exists(table) else None
+        if recorded is not None and recorded != mode:
+            raise ConfigError(
+                f"privacy.pseudonymize is {mode} but this lake's {table} was written with "
+                f"privacy.pseudonymize: {recorded}; one lake never mixes raw and pseudonymized ids (set it "
+                f"back, or re-ingest everything with ingest.mode: full, then re-run the later stages)"
+            )
+
+
+def record_privacy_mode(store: TableStore, cfg: Config) -> None:
+    mode = str(cfg.privacy.pseudonymize).lower()
+    for table in (EVENTS_SILVER, EVENTS_BRONZE, EVENTS_QUARANTINE):
+        if store.exists(table) and store.properties(table).get(PRIVACY_PROPERTY) != mode:
+            store.set_properties(table, {PRIVACY_PROPERTY: mode})
 
 
 def processed_files(store: TableStore, point: ReadPoint) -> set[str]:

@@ -126,6 +126,11 @@ class TableStore(ABC):
         """The table's properties (the Delta metadata configuration)."""
 
     @abstractmethod
+    def set_properties(self, name: str, properties: dict[str, str]) -> None:
+        """Set table properties (a metadata-only commit); keys outside Delta's own `delta.*` are free
+        for the product to record facts about a table in."""
+
+    @abstractmethod
     def partition_columns(self, name: str) -> list[str]: ...
 
     @abstractmethod

@@ -113,6 +113,16 @@ class DeltaRsStore(TableStore):
     def properties(self, name: str) -> dict[str, str]:
         return dict(self._table(name).metadata().configuration)
 
+    def set_properties(self, name: str, properties: dict[str, str]) -> None:
+        try:
+            self._table(name).alter.set_table_properties(properties, raise_if_not_exists=False)
+        except Exception as exc:  # deltalake raises its own types for a refused commit
+            if is_concurrent_commit_error(exc):
+                raise concurrent_write_error(name, exc) from exc
+            raise StorageError(
+                f"table {name}: setting properties {sorted(properties)} failed: {exc}"
+            ) from exc
+
     def partition_columns(self, name: str) -> list[str]:
         return list(self._table(name).metadata().partition_columns)
 
@@ -271,6 +281,11 @@ class DeltaRsStore(TableStore):
             if is_concurrent_commit_error(exc) or created_meanwhile:
                 raise concurrent_write_error(name, exc) from exc
             raise StorageError(f"commit to table {name} failed, table unchanged: {exc}") from exc
+        recorded = _product_properties(existing) if new_definition else {}
+        if recorded:
+            # What the product recorded on the table outlives an overwrite, as in delta-spark (delta-rs
+            # refuses keys outside delta.* in a new definition, so they follow in their own commit).
+            self.set_properties(name, recorded)
         log.info("%s %s: %d files committed (%s)", mode, name, len(actions), self.engine_name)
 
     def _write_files(
@@ -353,6 +368,12 @@ class DeltaRsStore(TableStore):
 
 def _spark_schema(table: DeltaTable) -> StructType:
     return StructType.fromJson(json.loads(table.schema().to_json()))
+
+
+def _product_properties(table: DeltaTable | None) -> dict[str, str]:
+    if table is None:
+        return {}
+    return {k: v for k, v in table.metadata().configuration.items() if not k.startswith("delta.")}
 
 
 def _same_definition(table: DeltaTable, schema: StructType, partition_by: list[str]) -> bool:

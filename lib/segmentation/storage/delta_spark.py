@@ -142,6 +142,12 @@ class DeltaSparkStore(TableStore):
     def properties(self, name: str) -> dict[str, str]:
         return dict(self._detail(name).properties)
 
+    def set_properties(self, name: str, properties: dict[str, str]) -> None:
+        pairs = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in properties.items())
+        self._commit(
+            name, lambda: self.spark.sql(f"ALTER TABLE {self._ident(name)} SET TBLPROPERTIES ({pairs})")
+        )
+
     def partition_columns(self, name: str) -> list[str]:
         return list(self._detail(name).partitionColumns)
 

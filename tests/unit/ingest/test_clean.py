@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,35 @@ def test_input_with_no_json_object_is_an_error_naming_the_file(spark, cfg):
     (raw / "notes.json").write_text("this is\nnot json\n")
     with pytest.raises(InputError, match=r"no line of .*notes\.json is a JSON object"):
         ingest.run(StageContext.create(spark, cfg, "no-json"))
+
+
+def test_no_raw_id_or_withheld_field_lands_in_any_table(spark, cfg, monkeypatch):
+    """Pseudonymized: bronze and quarantine keep the record with its id pseudonymized and withheld
+    fields removed (unparseable ones keep no text); the lake remembers its mode."""
+    from segmentation.privacy import pseudonym
+
+    key = b"s" * 32
+    cfg.privacy.pseudonymize = True
+    cfg.privacy.pii_fields = ["category"]
+    monkeypatch.setenv(cfg.privacy.key_env, key.decode())
+    secret = "alice@example.com"
+    lines = [line.replace('"a"', f'"{secret}"').replace("Books", "SECRETCAT") for line in LINES]
+    _ingest(spark, cfg, lines, mode="incremental")
+    store = open_store(spark, cfg.storage)
+    for table in (EVENTS_BRONZE, EVENTS_QUARANTINE, EVENTS_SILVER):
+        frame = store.read(table)
+        text = " ".join(str(v) for row in frame.collect() for v in row)
+        assert secret not in text and "SECRETCAT" not in text.upper(), table
+        assert store.properties(table)["segment.privacy.pseudonymize"] == "true"
+    bronze = [json.loads(r.raw_record) for r in store.read(EVENTS_BRONZE).collect() if r.raw_record]
+    ids = {b["user_id"] for b in bronze if b.get("user_id") is not None}
+    assert pseudonym(secret, key) in ids and all(re.fullmatch("[0-9a-f]{64}", i) for i in ids)
+    assert all("category" not in b for b in bronze)
+    malformed = store.read(EVENTS_QUARANTINE).where("reason = 'malformed_record'").collect()
+    assert malformed and all(r.raw_record is None for r in malformed)
+
+    cfg.privacy.pseudonymize = False
+    (Path(cfg.input.path) / "later.json").write_text(_event("bob", "2026-09-02T10:00:00Z") + "\n")
+    with pytest.raises(ConfigError, match="privacy.pseudonymize is false but this lake's events_silver"):
+        ingest.run(StageContext.create(spark, cfg, "raw-ids-later"))
+    assert store.read(EVENTS_SILVER).where("user_id = 'bob'").count() == 0

@@ -380,3 +380,12 @@ def _removed_files(store, name):
     for entry in store.history(name):
         files |= set(store.read(name, entry["version"]).inputFiles())
     return {local_file(f) for f in files}
+
+
+def test_product_properties_are_recorded_on_a_table(spark, store, frame):
+    store.overwrite(frame, "t", ["event_date"])
+    store.set_properties("t", {"segment.pseudonymized": "true"})
+    assert store.properties("t")["segment.pseudonymized"] == "true"
+    assert all(store.properties("t")[k] == v for k, v in TABLE_PROPERTIES.items())
+    store.overwrite(frame, "t", ["event_date"])  # an overwrite keeps what was recorded
+    assert store.properties("t").get("segment.pseudonymized") == "true"
