@@ -21,31 +21,10 @@ from segmentation.registry import COMMANDS, STAGES
 log = logging.getLogger("segmentation.cli")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="segment",
-        description="Deep user segmentation on Spark.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "stages:\n"
-            + "".join(f"  {s.name:<10} {s.help}\n" for s in STAGES)
-            + "other commands:\n"
-            + "".join(f"  {name:<10} {text}\n" for name, text in COMMANDS.items())
-            + "\n"
-            + textwrap.fill(
-                "--conf here takes the product's YAML config file, never a Spark setting. Under "
-                "spark-submit, Spark's own --conf key=value goes before the job file and the product's "
-                "--conf FILE after it: spark-submit --conf spark.executor.memory=4g jobs/run.py --conf "
-                "conf/local.yaml. Spark settings can also live in the YAML, under spark.conf.",
-                width=100,
-            )
-        ),
-    )
-    parser.add_argument(
-        "stage", choices=[*(s.name for s in STAGES), *COMMANDS], help="stage or command (listed below)"
-    )
-    parser.add_argument("query", nargs="?", help="SQL query (stage 'sql' only)")
-    parser.add_argument(
+def _common_options() -> argparse.ArgumentParser:
+    """The options every stage and command takes (a parent parser of each one's own)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--conf",
         action="append",
         default=[],
@@ -55,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
             "files win (not a Spark setting: those go under spark.conf in the YAML)"
         ),
     )
-    parser.add_argument(
+    common.add_argument(
         "--set",
         action="append",
         default=[],
@@ -63,24 +42,77 @@ def build_parser() -> argparse.ArgumentParser:
         dest="overrides",
         help="override one dotted config key with a YAML value; applied last",
     )
-    parser.add_argument("--run-id", help="run id to record this stage under (default: a new one)")
-    parser.add_argument("--resume", metavar="RUN_ID", help="'run' only: skip the stages RUN_ID completed")
-    parser.add_argument(
-        "--format", choices=("table", "json", "csv"), default="table", help="'sql' output format"
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    return common
+
+
+CONF_NOTE = textwrap.fill(
+    "--conf here takes the product's YAML config file, never a Spark setting. Under spark-submit, "
+    "Spark's own --conf key=value goes before the job file and the product's --conf FILE after it: "
+    "spark-submit --conf spark.executor.memory=4g jobs/run.py --conf conf/local.yaml. Spark settings "
+    "can also live in the YAML, under spark.conf.",
+    width=100,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segment",
+        description="Deep user segmentation on Spark. `segment STAGE --help` shows a stage's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "stages:\n"
+            + "".join(f"  {s.name:<10} {s.help}\n" for s in STAGES)
+            + "other commands:\n"
+            + "".join(f"  {name:<10} {text}\n" for name, text in COMMANDS.items())
+            + "\n"
+            + CONF_NOTE
+        ),
     )
-    parser.add_argument("--out", metavar="FILE.json", help="'bench' only: results file (+ FILE.md beside)")
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="'generate' only: replace a non-empty input.path it did not write",
+    commands = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    common = [_common_options()]
+    for entry in STAGES:
+        sub = commands.add_parser(
+            entry.name,
+            parents=common,
+            help=entry.help,
+            description=f"{entry.help}.\n\nreads:  {', '.join(entry.reads)}\nwrites: {', '.join(entry.writes)}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=CONF_NOTE,
+        )
+        sub.add_argument("--run-id", help="run id to record this stage under (default: a new one)")
+
+    def command(name: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=common,
+            help=COMMANDS[name],
+            description=COMMANDS[name] + ".",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=CONF_NOTE,
+        )
+
+    run = command("run")
+    resumable = run.add_mutually_exclusive_group()
+    resumable.add_argument("--run-id", help="run id to record the stages under (default: a new one)")
+    resumable.add_argument(
+        "--resume", metavar="RUN_ID", help="skip the stages RUN_ID completed, run the rest under it"
     )
-    parser.add_argument(
+    sql = command("sql")
+    sql.add_argument("query", help='the SQL, e.g. "SELECT * FROM user_segments LIMIT 10"')
+    sql.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    sql.add_argument("--limit", type=int, default=1000, help="table format: rows to print at most")
+    sql.add_argument(
         "--allow-writes",
         action="store_true",
-        help="'sql' only: run statements that change tables (by default only queries run)",
+        help="run statements that change tables (by default only queries run)",
     )
-    parser.add_argument("--limit", type=int, default=1000, help="'sql' table format: rows to print at most")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    generate = command("generate")
+    generate.add_argument(
+        "--force", action="store_true", help="replace a non-empty input.path generate did not write"
+    )
+    bench = command("bench")
+    bench.add_argument("--out", metavar="FILE.json", required=True, help="results file (+ FILE.md beside)")
     return parser
 
 
@@ -102,7 +134,7 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+    args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
         return _dispatch(args)
@@ -120,18 +152,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from segmentation.config import load_config
     from segmentation.errors import ConfigError
 
-    if args.stage == "sql" and not args.query:
+    if args.stage == "sql" and not args.query.strip():
         raise ConfigError('segment sql needs a query, e.g. segment sql "SELECT * FROM user_segments"')
-    if args.stage != "sql" and args.query:
-        raise ConfigError(f"unexpected argument {args.query!r} for stage {args.stage}")
-    if args.resume and args.stage != "run":
-        raise ConfigError("--resume applies to 'segment run' only")
-    if args.force and args.stage != "generate":
-        raise ConfigError("--force applies to 'segment generate' only")
-    if args.allow_writes and args.stage != "sql":
-        raise ConfigError("--allow-writes applies to 'segment sql' only")
-    if (args.out is not None) != (args.stage == "bench"):
-        raise ConfigError("segment bench needs --out FILE.json, and --out applies to bench only")
     cfg = load_config(args.conf, args.overrides)
 
     from segmentation.spark import get_spark
@@ -162,7 +184,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.stage == "run":
         from segmentation.pipeline import run_pipeline
 
-        run_id, results = run_pipeline(spark, cfg, resume=args.resume)
+        run_id, results = run_pipeline(spark, cfg, resume=args.resume, run_id=args.run_id)
         _summary(spark, cfg, run_id, results)
         return 0
 

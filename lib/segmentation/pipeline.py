@@ -48,10 +48,13 @@ def run_in_context(ctx: StageContext, name: str) -> StageResult:
 
 
 def run_pipeline(
-    spark: SparkSession, cfg: Config, resume: str | None = None
+    spark: SparkSession, cfg: Config, resume: str | None = None, run_id: str | None = None
 ) -> tuple[str, dict[str, StageResult]]:
-    """ingest → report under one run id; with `resume`, stages that completed in that run are skipped."""
-    ctx = StageContext.create(spark, cfg, resume)
+    """ingest → report under one run id (`run_id`, or a new one); with `resume`, under that run's id,
+    skipping the stages it completed."""
+    if resume and run_id:
+        raise ConfigError("--run-id and --resume name the run twice: give one")
+    ctx = StageContext.create(spark, cfg, resume or run_id)
     done: set[str] = set()
     if resume:
         recorded = recorded_stages(ctx.store, resume)

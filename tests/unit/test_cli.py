@@ -137,3 +137,20 @@ def test_resuming_an_unknown_run_is_an_error_and_runs_nothing(segments, cfg, spa
         "segment run: error: --resume no-such-run: pipeline_runs has no run of that id (nothing to resume)"
     ]
     assert not open_store(spark, cfg.storage).exists("events_bronze")
+
+
+@pytest.mark.parametrize("stage", ["ingest", "cluster", "run", "sql", "generate", "bench"])
+def test_each_stage_has_its_own_help(stage, capsys):
+    from segmentation.cli import main
+    from segmentation.registry import COMMANDS, STAGES
+
+    with pytest.raises(SystemExit) as done:
+        main([stage, "--help"])
+    assert done.value.code == 0
+    page = capsys.readouterr().out
+    assert page.startswith(f"usage: segment {stage}")
+    described = {s.name: s.help for s in STAGES} | COMMANDS
+    assert described[stage].split(" ")[0] in page
+    own = {"run": "--resume", "sql": "--allow-writes", "generate": "--force", "bench": "--out"}
+    for command, option in own.items():
+        assert (option in page) == (command == stage)

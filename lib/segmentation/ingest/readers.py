@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from segmentation.config import InputConfig
-from segmentation.errors import ConfigError, InputError
+from segmentation.errors import ConfigError, InputError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -244,14 +244,21 @@ def named_groups(pattern: str) -> tuple[list[tuple[str, int]], str]:
     return groups, "".join(plain)
 
 
+def check_java_regex(spark: SparkSession, pattern: str, key: str) -> None:
+    """Validate a regular expression by the engine that will run it: Spark compiles it as a Java regex
+    (Python's `re` refuses valid Java such as `\\p{L}` and accepts some Java refuses)."""
+    try:
+        spark.range(1).select(F.lit("").rlike(pattern)).collect()
+    except Exception as exc:  # Spark raises its own error types for a bad pattern
+        reason = one_line(exc).split(": ", 1)[-1]
+        raise ConfigError(f"{key} is not a valid Java regular expression: {reason}") from None
+
+
 def _read_text(spark: SparkSession, cfg: InputConfig, files: list[str]) -> DataFrame:
     """Plain text read with `input.pattern`: named groups become columns; a line that does not match
     (a header line too) is a `pattern_mismatch`."""
     groups, pattern = named_groups(cfg.pattern or "")
-    try:
-        re.compile(pattern)  # close enough to Java's syntax to catch unbalanced groups and the like
-    except re.error as exc:
-        raise ConfigError(f"input.pattern is not a valid regular expression: {exc}") from None
+    check_java_regex(spark, pattern, "input.pattern")
     if not groups:
         raise ConfigError("input.pattern has no named groups (?<name>...): nothing would become a column")
     lines = _lines(spark, files)

@@ -121,8 +121,20 @@ def test_bad_pattern_is_a_config_error(spark, cfg):
     (Path(cfg.input.path) / "x.log").write_text("a\n")
     cfg.input.format = "text"
     cfg.input.pattern = r"(?<user_id>\w+"
-    with pytest.raises(ConfigError, match="input.pattern"):
+    with pytest.raises(ConfigError, match="input.pattern is not a valid Java regular expression") as bad:
         ingest.run(StageContext.create(spark, cfg, "bad"))
+    assert "\n" not in str(bad.value)
+
+
+def test_java_regex_syntax_python_lacks_is_accepted(spark, cfg):
+    """The README promises Java regex: Unicode classes (\\p{L}) and possessive quantifiers work."""
+    raw = Path(cfg.input.path)
+    raw.mkdir(parents=True)
+    (raw / "x.log").write_text("2026-09-01T10:00:00Z José view\n")
+    cfg.input.format = "text"
+    cfg.input.pattern = r"^(?<event_time>\S++)\s+(?<user_id>\p{L}+)\s+(?<event_type>\p{Alpha}+)$"
+    result = ingest.run(StageContext.create(spark, cfg, "java"))
+    assert result.rows_out == 1 and _silver(spark, cfg)[0].user_id == "José"
 
 
 def test_an_empty_input_directory_is_an_error_not_nothing_to_do(spark, cfg):
