@@ -116,9 +116,14 @@ def _as_of(silver: DataFrame, configured: str | None) -> dt.datetime:
 
 
 def _write(ctx: StageContext, out: DataFrame) -> None:
-    # At least a few files, so every training process gets a share to read.
+    # At least a few files, so every training process gets a share to read. Users are placed by a hash
+    # of their id and sorted within each file: the same features give the same files in the same row
+    # order, so training reads the same batches and a rerun reproduces its losses (a round-robin
+    # spread placed rows by shuffle arrival order, which differs from one run to the next).
     partitions = max(2 * ctx.cfg.training.num_processes, ctx.spark.sparkContext.defaultParallelism)
-    ctx.store.overwrite(out.repartition(partitions), USER_FEATURES)
+    ctx.store.overwrite(
+        out.repartition(partitions, "user_id").sortWithinPartitions("user_id"), USER_FEATURES
+    )
 
 
 def _users_up_to(silver: DataFrame, as_of: dt.datetime) -> int:
