@@ -121,9 +121,7 @@ def _write(ctx: StageContext, out: DataFrame) -> None:
     # order, so training reads the same batches and a rerun reproduces its losses (a round-robin
     # spread placed rows by shuffle arrival order, which differs from one run to the next).
     partitions = max(2 * ctx.cfg.training.num_processes, ctx.spark.sparkContext.defaultParallelism)
-    ctx.store.overwrite(
-        out.repartition(partitions, "user_id").sortWithinPartitions("user_id"), USER_FEATURES
-    )
+    ctx.store.overwrite(out.repartition(partitions, "user_id").sortWithinPartitions("user_id"), USER_FEATURES)
 
 
 def _users_up_to(silver: DataFrame, as_of: dt.datetime) -> int:
