@@ -145,3 +145,15 @@ def standalone_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+def shared_dataset(name: str) -> Path:
+    """A real data set of `../shared/datasets/` (beside the project; SEGMENT_DATASETS overrides)."""
+    import os
+
+    candidates = [Path(os.environ["SEGMENT_DATASETS"])] if os.environ.get("SEGMENT_DATASETS") else []
+    candidates += [REPO.parent / "shared" / "datasets", Path("/work/shared/datasets")]
+    for root in candidates:
+        if (root / name / "facts.json").is_file():
+            return root / name
+    pytest.skip(f"data set {name} not found under {', '.join(map(str, candidates))}")

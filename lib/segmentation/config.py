@@ -74,6 +74,7 @@ class InputConfig:
     pattern: str | None = None
     mapping: dict[str, str] = field(default_factory=dict)
     constants: dict[str, Scalar] = field(default_factory=dict)
+    expressions: dict[str, str] = field(default_factory=dict)
     time_format: str | None = None
     event_types: dict[str, list[str]] = field(
         default_factory=lambda: {
@@ -82,6 +83,7 @@ class InputConfig:
             "cart": ["cart", "add_to_cart", "addtocart"],
             "purchase": ["purchase", "order", "transaction", "buy"],
             "rate": ["rate", "rating", "review"],
+            "return": ["return", "refund", "returned"],
         }
     )
     unknown_event_type: Literal["quarantine", "other"] = "quarantine"
@@ -98,6 +100,33 @@ class InputConfig:
                 name in CANONICAL_FIELDS,
                 f"input.constants.{name}",
                 f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})",
+            )
+        for name, expression in self.expressions.items():
+            _require(
+                name in CANONICAL_FIELDS,
+                f"input.expressions.{name}",
+                f"is not a canonical field ({', '.join(CANONICAL_FIELDS)})",
+            )
+            _require(
+                isinstance(expression, str) and expression.strip() != "",
+                f"input.expressions.{name}",
+                "must be a Spark SQL expression",
+            )
+        for name in CANONICAL_FIELDS:
+            sources = [
+                kind
+                for kind, table in (
+                    ("mapping", self.mapping),
+                    ("constants", self.constants),
+                    ("expressions", self.expressions),
+                )
+                if name in table
+            ]
+            _require(
+                len(sources) <= 1,
+                f"input.{sources[-1] if sources else 'mapping'}.{name}",
+                f"is also set in input.{sources[0] if sources else ''}: a field comes from a mapping, "
+                "a constant or an expression, not two",
             )
         for name in self.event_types:
             _require(
@@ -128,8 +157,14 @@ class IngestConfig:
     bot_max_events_per_minute: int = 60
     rules: list[RuleConfig] = field(default_factory=list)
     rule_actions: dict[str, RuleAction] = field(default_factory=dict)
+    max_rejected_share: float = 0.5
 
     def validate(self) -> None:
+        _require(
+            0 < self.max_rejected_share <= 1,
+            "ingest.max_rejected_share",
+            "must be above 0 and at most 1 (1: never stop a batch for its rejects)",
+        )
         _require(self.session_gap_minutes > 0, "ingest.session_gap_minutes", "must be positive")
         _require(self.bot_max_events_per_day > 0, "ingest.bot_max_events_per_day", "must be positive")
         _require(self.bot_max_events_per_minute > 0, "ingest.bot_max_events_per_minute", "must be positive")

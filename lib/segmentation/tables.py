@@ -34,7 +34,7 @@ ALL_TABLES = (
 # events_silver's columns: the canonical fields (DESIGN.md §3), then what ingest derives. BASE: as
 # silver holds them before sessions and bot flags are derived (again, when partitions are rebuilt).
 # silver's event_type values: the typed ones, then `other` (raw types no mapping names, where kept)
-TYPED_EVENTS = ("view", "search", "cart", "purchase", "rate")
+TYPED_EVENTS = ("view", "search", "cart", "purchase", "rate", "return")
 EVENT_TYPES = (*TYPED_EVENTS, "other")
 CANONICAL_FIELDS = (
     "user_id",

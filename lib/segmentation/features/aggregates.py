@@ -193,6 +193,16 @@ def feature_specs(vocab: Vocabulary | None = None) -> list[FeatureSpec]:
                 "CASE WHEN n_spend > 0 THEN spend / n_spend ELSE 0 END",
             ),
         ]
+    if full or (vocab.has_value and vocab.has_event_types):
+        specs.append(
+            FeatureSpec(
+                "return_total",
+                "monetary",
+                "sum of value over returns: the amount returned (share_return: their share of events)",
+                True,
+                "returned",
+            )
+        )
     if full or vocab.has_quantity:
         specs.append(FeatureSpec("quantity_total", "monetary", "sum of quantity over purchases", True, "qty"))
     specs += [
@@ -311,6 +321,7 @@ def _grain(events: DataFrame, vocab: Vocabulary, timezone: str) -> DataFrame:
         F.sum(F.when(purchase, F.col("value"))).alias("spend"),
         F.count(F.when(purchase, F.col("value"))).alias("n_spend"),
         F.sum(F.when(purchase, F.col("quantity"))).alias("qty"),
+        F.sum(F.when(typed == "return", F.col("value"))).alias("returned"),
         *[_count_if((hour >= lo) & (hour < hi)).alias(f"n_hour_{name}") for name, lo, hi in HOUR_BUCKETS],
         _count_if(weekend).alias("n_weekend"),
         *[_count_if(F.col("device") == d).alias(f"n_device_{safe_name(d)}") for d in vocab.devices],
@@ -339,7 +350,7 @@ def _user_totals(events: DataFrame, vocab: Vocabulary, timezone: str) -> DataFra
     # Left to partial aggregation, the grain's partial sums (about 20 columns) were shuffled twice.
     events = events.repartition("user_id")
     grain = _grain(events, vocab, timezone)
-    additive = [c for c in grain.columns if c.startswith("n") or c in ("spend", "qty")]
+    additive = [c for c in grain.columns if c.startswith("n") or c in ("spend", "qty", "returned")]
     per_user = [
         *[F.sum(c).alias(c) for c in additive],
         F.min("first_ts").alias("first_ts"),

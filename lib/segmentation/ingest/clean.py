@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -11,8 +12,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DataType, DecimalType, IntegralType, NumericType, StringType, StructType
 
 from segmentation.config import IngestConfig, InputConfig
-from segmentation.errors import ConfigError
+from segmentation.errors import ConfigError, one_line
 from segmentation.tables import CANONICAL_FIELDS
+
+log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("user_id", "event_time")
 
@@ -65,12 +68,84 @@ def _resolve(schema: StructType, path: str) -> DataType | None:
     return node
 
 
+def with_expressions(parsed: DataFrame, cfg: InputConfig) -> DataFrame:
+    """Add `_expr_<field>` for each `input.expressions` entry: Spark SQL evaluated with the record's
+    fields in scope by name (nested ones as `a.b`). A bad expression or an unknown column is a
+    ConfigError naming the key, raised here, before any data is read."""
+    if not cfg.expressions:
+        return parsed
+    fields = parsed.schema["rec"].dataType.fieldNames()
+    flat = parsed.select(
+        F.struct(*[F.col(f"`{c}`") for c in parsed.columns]).alias(_OUTER),
+        *[F.col(f"rec.`{f}`").alias(f) for f in fields],
+    )
+    columns = []
+    for name, text in cfg.expressions.items():
+        column = F.expr(text).alias(f"_expr_{name}")
+        try:
+            _ = flat.select(column).schema  # analysed now: unknown columns and bad syntax fail here
+        except Exception as exc:  # Spark's parse and analysis errors
+            raise ConfigError(f"input.expressions.{name}: {one_line(exc)}") from None
+        columns.append(column)
+    return flat.select(f"{_OUTER}.*", *columns)
+
+
+_OUTER = "_segment_outer"
+EPOCH_UNITS = {"epoch_s": 1, "epoch_ms": 1_000, "epoch_us": 1_000_000}
+
+
+def detect_time_format(parsed: DataFrame, cfg: InputConfig) -> str | None:
+    """`input.time_format`, or for a text event_time without one, `epoch_s`/`epoch_ms`/`epoch_us` when
+    every value of a bounded sample (the first 1,000 non-null values; a driver-side sample) is digits
+    of an epoch's length (10 for seconds, 13 for milliseconds, 16 for microseconds since 2001)."""
+    if cfg.time_format:
+        return cfg.time_format
+    column, tp = source_columns(with_expressions(parsed, cfg), cfg)["event_time"]
+    if not isinstance(tp, StringType):
+        return None
+    sample = [
+        r[0]
+        for r in with_expressions(parsed, cfg)
+        .select(F.trim(column).alias("t"))
+        .where(F.col("t").isNotNull() & (F.col("t") != ""))
+        .limit(1000)
+        .collect()
+    ]
+    if not sample or not all(v.isdigit() for v in sample):
+        return None
+    units = {len(v) for v in sample}
+    for name, lengths in (("epoch_s", {9, 10}), ("epoch_ms", {12, 13}), ("epoch_us", {15, 16})):
+        if units <= lengths:
+            log.info(
+                "ingest: event_time is text of digits (e.g. %r): read as %s (set input.time_format to "
+                "choose)",
+                sample[0],
+                name,
+            )
+            return name
+    return None
+
+
+def describe_source(parsed: DataFrame, cfg: InputConfig, name: str) -> str:
+    """Where a canonical field comes from, for messages: `column timestamp:float`, an expression, a constant."""
+    if name in cfg.constants:
+        return f"constant {cfg.constants[name]!r}"
+    if name in cfg.expressions:
+        return f"expression {cfg.expressions[name]!r}"
+    path = cfg.mapping.get(name, name)
+    tp = _resolve(parsed.schema["rec"].dataType, path)
+    return f"column {path}:{tp.simpleString()}" if tp is not None else f"column {path} (absent)"
+
+
 def source_columns(parsed: DataFrame, cfg: InputConfig) -> dict[str, tuple[Column, DataType | None]]:
-    """For each canonical field, the column that feeds it (mapping, constant, or same-named column)."""
+    """For each canonical field, the column that feeds it (mapping, expression, constant, or the
+    same-named column). Expressions: `parsed` has been through `with_expressions`."""
     rec_schema = parsed.schema["rec"].dataType
     out: dict[str, tuple[Column, DataType | None]] = {}
     for name in CANONICAL_FIELDS:
-        if name in cfg.mapping:
+        if name in cfg.expressions:
+            out[name] = (F.col(f"_expr_{name}"), parsed.schema[f"_expr_{name}"].dataType)
+        elif name in cfg.mapping:
             path = cfg.mapping[name]
             tp = _resolve(rec_schema, path)
             if tp is None:
@@ -89,6 +164,15 @@ def source_columns(parsed: DataFrame, cfg: InputConfig) -> dict[str, tuple[Colum
 
 
 def _event_time(col: Column, tp: DataType | None, time_format: str | None) -> Column:
+    if time_format in EPOCH_UNITS:
+        number = (
+            col.cast("double")
+            if isinstance(tp, NumericType)
+            else F.trim(col.cast("string")).try_cast("double")
+        )
+        seconds = number / EPOCH_UNITS[time_format]
+        # Out of Spark's timestamp range (year 1 to 9999) is not a time: null, then invalid_timestamp.
+        return F.when(F.abs(seconds) < 2.5e11, F.timestamp_micros((seconds * 1_000_000).cast("long")))
     if isinstance(tp, NumericType):
         # Epoch numbers: values above 1e11 can only be milliseconds (1e11 s is the year 5138).
         seconds = F.when(F.abs(col) > 1e11, col / 1000).otherwise(col)
@@ -131,6 +215,7 @@ def canonicalize(parsed: DataFrame, cfg: InputConfig, keep: Sequence[str] = ()) 
     checks the built-in rules read: _user_id_scalar, _value_numeric, _quantity_numeric; plus the
     input columns named in `keep`.
     """
+    parsed = with_expressions(parsed, cfg)
     sources = source_columns(parsed, cfg)
 
     def src(name: str) -> Column:
@@ -148,8 +233,13 @@ def canonicalize(parsed: DataFrame, cfg: InputConfig, keep: Sequence[str] = ()) 
         mapped_type = F.lit("other")
 
     user = F.trim(src("user_id").cast("string"))
+    # A return's amount and quantity are kept positive (logs often record them negative, as the
+    # cancellation lines of an invoice); negative values of other types stay quarantined.
+    returned = F.coalesce(mapped_type == "return", F.lit(False))
     value = src("value").try_cast("double")
+    value = F.when(returned, F.abs(value)).otherwise(value)
     quantity = src("quantity").try_cast("double").try_cast("long")
+    quantity = F.when(returned, F.abs(quantity)).otherwise(quantity)
 
     def typed(name: str) -> DataType | None:
         return sources[name][1] if name in sources else None
@@ -259,15 +349,29 @@ def sessionize(events: DataFrame, gap_minutes: int) -> DataFrame:
 
 
 def bot_users(events: DataFrame, max_per_day: int, max_per_minute: int) -> DataFrame:
-    """Users above `max_per_day` events on any day or `max_per_minute` within any one minute.
+    """Users above `max_per_day` actions on any day or `max_per_minute` within any one minute.
 
-    Input: user_id, event_time, event_date. Output: user_id, bot_reason (one row per bot).
+    An action is what a person does at one moment: events that share a session id (an invoice, a
+    basket) and a timestamp are one action, so the lines of one order stamped with the order's
+    minute do not make its buyer a bot; events without a session id are one action each. What it
+    can still misfire on: a person whose log has no session ids and many events per timestamp, or
+    logs at a coarse clock (per minute) with many real sessions in a minute; and what it misses:
+    a bot that spreads its requests under the limits.
+
+    Input: user_id, event_time, event_date, session_id, event_id. Output: user_id, bot_reason (one
+    row per bot).
     """
+    actions = events.select(
+        "user_id",
+        "event_date",
+        "event_time",
+        F.coalesce(F.col("session_id"), F.col("event_id")).alias("_action"),
+    ).dropDuplicates(["user_id", "_action", "event_time"])
     per_day = (
-        events.groupBy("user_id", "event_date").count().groupBy("user_id").agg(F.max("count").alias("day"))
+        actions.groupBy("user_id", "event_date").count().groupBy("user_id").agg(F.max("count").alias("day"))
     )
     per_minute = (
-        events.groupBy("user_id", F.date_trunc("minute", "event_time").alias("_minute"))
+        actions.groupBy("user_id", F.date_trunc("minute", "event_time").alias("_minute"))
         .count()
         .groupBy("user_id")
         .agg(F.max("count").alias("minute"))

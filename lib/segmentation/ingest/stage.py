@@ -17,6 +17,7 @@ doubled and the redone run's counts match the tables.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -26,7 +27,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from segmentation.config import Config
+from segmentation.config import Config, InputConfig
 from segmentation.errors import ConcurrentWriteError, ConfigError, DataQualityError, StageError
 from segmentation.ingest.clean import (
     Rule,
@@ -35,10 +36,14 @@ from segmentation.ingest.clean import (
     canonicalize,
     classify,
     count_broken,
+    describe_source,
+    detect_time_format,
     flag_bots,
     redacted_record,
     sessionize,
+    source_columns,
     with_event_id,
+    with_expressions,
 )
 from segmentation.ingest.readers import list_input_files, normalize_file, normalized_file, read_raw
 from segmentation.privacy import hmac_key, pseudonymize
@@ -101,10 +106,11 @@ def run(ctx: StageContext) -> IngestResult:
     )
     ctx.describe(f"ingest: read {len(new_files)} files")
     raw = read_raw(ctx.spark, cfg.input, new_files)
+    input_cfg = dataclasses.replace(cfg.input, time_format=detect_time_format(raw, cfg.input))
     redacting = key is not None or bool(cfg.privacy.pii_fields)
     if redacting:
         raw = raw.withColumn(REDACTED, redacted_record(raw, cfg.input, cfg.privacy.pii_fields, key))
-    events = with_event_id(canonicalize(raw, cfg.input, keep=[REDACTED] if redacting else []), key)
+    events = with_event_id(canonicalize(raw, input_cfg, keep=[REDACTED] if redacting else []), key)
     if redacting:
         # From here on (bronze and quarantine included) no raw id or withheld field is kept.
         events = events.withColumn("raw_record", F.col(REDACTED)).drop(REDACTED)
@@ -112,6 +118,7 @@ def run(ctx: StageContext) -> IngestResult:
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         warned = _apply_watch_rules(checked, rules)
+        _refuse_mostly_rejected(checked, raw, input_cfg, cfg.ingest.max_rejected_share)
         result = _write_silver(ctx, checked, point, incremental, key, new_files)
         _write_rejected_and_bronze(ctx, checked, incremental, new_files)
     finally:
@@ -246,6 +253,55 @@ def _write_rejected_and_bronze(
             ctx.store.overwrite(frame, table)
 
 
+# The canonical field each built-in reason is about (for naming its source in messages).
+REASON_FIELDS = {
+    "missing_user_id": "user_id",
+    "invalid_user_id": "user_id",
+    "invalid_timestamp": "event_time",
+    "future_timestamp": "event_time",
+    "missing_event_type": "event_type",
+    "unknown_event_type": "event_type",
+    "invalid_value": "value",
+    "negative_value": "value",
+}
+
+
+def _refuse_mostly_rejected(checked: DataFrame, raw: DataFrame, cfg: InputConfig, limit: float) -> None:
+    """Commit nothing when more than `limit` of the batch would be quarantined: that is a wrong
+    time format or mapping far more often than bad data, and a run that "succeeds" keeping nothing
+    loses the batch silently. Names the top reason, its share, where the field comes from and one
+    sample value."""
+    counts = {
+        r["reject_reason"]: r["count"] for r in checked.groupBy("reject_reason").count().collect()
+    }  # a row per reason
+    total = sum(counts.values())
+    rejected = total - counts.get(None, 0)
+    if total == 0 or rejected / total <= limit:
+        return
+    top, n = max(((k, v) for k, v in counts.items() if k is not None), key=lambda kv: kv[1])
+    sample_record = checked.where(F.col("reject_reason") == top).select("raw_record").head()[0]
+    field_name = REASON_FIELDS.get(top)
+    where = ""
+    sample = sample_record
+    if field_name is not None:
+        column, _ = source_columns(with_expressions(raw, cfg), cfg)[field_name]
+        value = (
+            with_expressions(raw, cfg)
+            .where(F.col("raw_record") == F.lit(sample_record))
+            .select(column.cast("string"))
+            .head()
+        )
+        sample = value[0] if value else sample_record
+        where = f" in {describe_source(raw, cfg, field_name)}"
+    shown = str(sample)[:120]
+    raise DataQualityError(
+        f"ingest: {n} of {total} records rejected as {top} (sample {shown!r}{where}); "
+        f"{rejected / total:.0%} of the batch would be quarantined, above ingest.max_rejected_share "
+        f"({limit:g}), so nothing was committed: check the input config (input.time_format, "
+        "input.mapping, input.expressions) or raise ingest.max_rejected_share"
+    )
+
+
 def _apply_watch_rules(checked: DataFrame, rules: list[Rule]) -> dict[str, int]:
     """Fail before writing anything when a fail rule is broken; log and return warn-rule counts."""
     broken = count_broken(checked, rules)
@@ -291,7 +347,7 @@ def _bot_scope(
 ) -> DataFrame:
     """Events bot detection looks at: the new silver rows and, when merging, the untouched days too
     (as `point` read them), so a user's bot flag depends on all of their history."""
-    columns = ["user_id", "event_time", "event_date"]
+    columns = ["user_id", "event_time", "event_date", "session_id", "event_id"]
     if rebuilt_dates is None:
         return silver.select(*columns)
     untouched = (

@@ -145,6 +145,16 @@ def test_every_family_by_hand(spark, cfg, store):
     assert "share_cat_toys" not in row  # not in the global top 2
 
 
+def test_returns_are_a_share_and_an_amount(spark, cfg, store):
+    refund = dict(user_id="u2", event_time=at(7, 23), event_type="return", category="games", value=15.0)
+    write_silver(spark, store, [*SHOP, refund])
+    features.run(StageContext.create(spark, cfg, "f-returns"))
+    rows = {r.user_id: r for r in store.read(USER_FEATURES).collect()}
+    assert (rows["u2"].share_return, rows["u2"].return_total) == (pytest.approx(1 / 3), 15.0)
+    assert (rows["u1"].share_return, rows["u1"].return_total) == (0.0, 0.0)
+    assert rows["u2"].purchase_total == 0  # a return is not a purchase
+
+
 def test_missing_fields_skip_their_families(spark, cfg, store):
     purchases = [
         dict(user_id=u, event_time=at(d, 12), event_type="purchase", value=v, session_id=f"{u}{d}")

@@ -43,6 +43,7 @@ def _ingest(spark, cfg, lines, name="events.json", mode="full"):
     raw.mkdir(parents=True, exist_ok=True)
     (raw / name).write_text("\n".join(lines) + "\n")
     cfg.ingest.mode = mode
+    cfg.ingest.max_rejected_share = 1.0  # these batches are mostly bad records on purpose
     return ingest.run(StageContext.create(spark, cfg, f"run-{name}"))
 
 
@@ -249,6 +250,7 @@ def test_poison_records_are_quarantined_not_fatal(spark, cfg):
     ]
     (raw / "poison.json").write_bytes(b"\n".join(lines) + b"\n")
     cfg.ingest.mode = "incremental"
+    cfg.ingest.max_rejected_share = 1.0
     result = ingest.run(StageContext.create(spark, cfg, "poison"))
     assert result.quarantined_by_reason == {
         "invalid_encoding": 1,

@@ -34,12 +34,16 @@ def test_sessions_end_after_the_gap_and_given_ids_are_kept(spark):
 
 
 def test_bots_are_users_over_either_rate_with_every_reason_named(spark):
-    rows = [("day", _t(m % 60, hour=8 + m // 60)) for m in range(0, 600, 100)]  # 6 a day, 1 a minute
-    rows += [("minute", _t(5)) for _ in range(4)]  # 4 in one minute
-    rows += [("human", _t(m)) for m in (0, 30)]
-    events = spark.createDataFrame(rows, "user_id string, event_time timestamp").selectExpr(
-        "*", "to_date(event_time) AS event_date"
-    )
+    rows = [("day", _t(m % 60, hour=8 + m // 60), None) for m in range(0, 600, 100)]  # 6 a day, 1 a minute
+    rows += [("minute", _t(5), None) for _ in range(4)]  # 4 in one minute
+    rows += [("human", _t(m), None) for m in (0, 30)]
+    # a wholesale order: 40 lines of one invoice stamped with its minute, one action of a person
+    rows += [("basket", _t(7), "invoice-1") for _ in range(40)]
+    rows += [("basket", _t(7), "invoice-2")]
+    events = spark.createDataFrame(
+        [(u, t, s, f"e{i}") for i, (u, t, s) in enumerate(rows)],
+        "user_id string, event_time timestamp, session_id string, event_id string",
+    ).selectExpr("*", "to_date(event_time) AS event_date")
     bots = {r.user_id: r.bot_reason for r in bot_users(events, max_per_day=5, max_per_minute=3).collect()}
     assert bots == {"day": "events_per_day>5", "minute": "events_per_minute>3"}
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from segmentation.errors import ConfigError, StageError
+from segmentation.errors import ConfigError, DataQualityError, StageError
 from segmentation.ingest import stage as ingest
 from segmentation.ingest.readers import named_groups
 from segmentation.stage import StageContext
@@ -27,6 +27,7 @@ def _reasons(spark, cfg):
 
 
 def test_csv_with_header_options_and_compact_dates(spark, cfg):
+    cfg.ingest.max_rejected_share = 1.0  # three of its four records are bad on purpose
     raw = Path(cfg.input.path)
     raw.mkdir(parents=True)
     (raw / "export.csv").write_text(
@@ -47,13 +48,12 @@ def test_csv_with_header_options_and_compact_dates(spark, cfg):
     cfg.input.time_format = "yyyyMMdd"
     result = ingest.run(StageContext.create(spark, cfg, "csv"))
     assert result.rows_in == 4  # records; the header is not one
-    assert _reasons(spark, cfg) == {"invalid_timestamp": 1, "malformed_record": 1}
+    # "12,50" is not a number (a decimal comma): the record is quarantined, not kept with a null value
+    assert _reasons(spark, cfg) == {"invalid_timestamp": 1, "malformed_record": 1, "invalid_value": 1}
     silver = _silver(spark, cfg)
-    assert [(r.user_id, r.event_time.date().isoformat(), r.event_type) for r in silver] == [
-        ("c1", "2026-09-01", "purchase"),
-        ("c2", "2026-09-02", "view"),
+    assert [(r.user_id, r.event_time.date().isoformat(), r.event_type, r.value) for r in silver] == [
+        ("c2", "2026-09-02", "view", None),
     ]
-    assert silver[0].value is None  # "12,50" is not a number: typed as null, not a crash
 
 
 def test_parquet_partition_directories_and_epoch_millis(spark, cfg):
@@ -142,3 +142,107 @@ def test_an_empty_input_directory_is_an_error_not_nothing_to_do(spark, cfg):
     with pytest.raises(StageError, match="holds no input files"):
         ingest.run(StageContext.create(spark, cfg, "empty"))
     assert not open_store(spark, cfg.storage).exists(EVENTS_SILVER)
+
+
+# ---------------------------------------------------------------- real-world shapes (epoch text, expressions)
+
+RATINGS = "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n"
+
+
+def _ratings_tsv(cfg, **time):
+    """A MovieLens-style ratings file: tab-separated, epoch seconds as text, no header."""
+    raw = Path(cfg.input.path)
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "u.data").write_text(RATINGS)
+    cfg.input.format = "csv"
+    cfg.input.options = {"sep": "\t", "header": False}
+    cfg.input.mapping = {"user_id": "_c0", "item_id": "_c1", "value": "_c2", "event_time": "_c3"}
+    cfg.input.constants = {"event_type": "rate"}
+    for key, value in time.items():
+        setattr(cfg.input, key, value)
+
+
+@pytest.mark.parametrize("time_format", [None, "epoch_s"])
+def test_epoch_seconds_as_text(spark, cfg, time_format, caplog):
+    _ratings_tsv(cfg, time_format=time_format)
+    with caplog.at_level("INFO"):
+        result = ingest.run(StageContext.create(spark, cfg, "ratings"))
+    assert (result.rows_in, result.rows_out) == (3, 3)
+    times = sorted(r.event_time for r in _silver(spark, cfg))
+    assert times[0] == dt.datetime.fromtimestamp(878887116, dt.UTC).replace(tzinfo=None)
+    if time_format is None:
+        assert "read as epoch_s" in caplog.text
+
+
+def test_epoch_milliseconds_as_text_and_numbers(spark, cfg):
+    raw = Path(cfg.input.path)
+    raw.mkdir(parents=True)
+    lines = [
+        {"user_id": "a", "ts": "1788220800123", "event_type": "view"},
+        {"user_id": "b", "ts": "1788220800", "event_type": "view"},  # seconds under epoch_ms: 1970
+    ]
+    (raw / "e.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    cfg.input.mapping = {"event_time": "ts"}
+    cfg.input.time_format = "epoch_ms"
+    cfg.ingest.max_rejected_share = 1.0
+    ingest.run(StageContext.create(spark, cfg, "ms"))
+    got = {r.user_id: r.event_time for r in _silver(spark, cfg)}
+    assert got["a"] == dt.datetime(2026, 9, 1, 0, 0, 0, 123000)
+
+
+def test_a_mostly_rejected_batch_commits_nothing_and_says_why(spark, cfg):
+    _ratings_tsv(cfg, time_format="yyyy-MM-dd")  # the wrong format: every record would be rejected
+    with pytest.raises(DataQualityError) as refused:
+        ingest.run(StageContext.create(spark, cfg, "wrong-format"))
+    message = str(refused.value)
+    assert message.startswith("ingest: 3 of 3 records rejected as invalid_timestamp")
+    assert "sample '881250949' in column _c3:string" in message and "\n" not in message
+    assert "nothing was committed" in message
+    store = open_store(spark, cfg.storage)
+    assert not any(store.exists(t) for t in ("events_silver", "events_bronze", "events_quarantine"))
+
+
+def test_expressions_derive_fields_from_source_columns(spark, cfg):
+    raw = Path(cfg.input.path)
+    raw.mkdir(parents=True)
+    lines = [
+        {"cust": 7, "Quantity": 3, "UnitPrice": 2.5, "d": "2026-09-01", "t": "10:00", "line": {"sku": "x"}},
+        {"cust": 7, "Quantity": -1, "UnitPrice": 2.5, "d": "2026-09-01", "t": "11:00", "line": {"sku": "y"}},
+    ]
+    (raw / "retail.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    cfg.input.mapping = {"user_id": "cust"}
+    cfg.input.expressions = {
+        "value": "Quantity * UnitPrice",  # negative for the return line: kept, as a positive amount
+        "event_type": "CASE WHEN Quantity < 0 THEN 'return' ELSE 'purchase' END",
+        "quantity": "Quantity",
+        "event_time": "to_timestamp(concat(d, ' ', t), 'yyyy-MM-dd HH:mm')",
+        "item_id": "line.sku",
+    }
+    ingest.run(StageContext.create(spark, cfg, "expr"))
+    got = sorted(
+        (r.item_id, r.event_type, r.value, r.quantity, r.event_time.hour) for r in _silver(spark, cfg)
+    )
+    assert got == [("x", "purchase", 7.5, 3, 10), ("y", "return", 2.5, 1, 11)]
+
+
+@pytest.mark.parametrize(
+    ("expression", "said"),
+    [("Quantity * NoSuchColumn", "NoSuchColumn"), ("Quantity *", "input.expressions.value")],
+)
+def test_a_bad_expression_is_a_config_error_naming_the_key(spark, cfg, expression, said):
+    raw = Path(cfg.input.path)
+    raw.mkdir(parents=True)
+    (raw / "e.json").write_text(
+        json.dumps({"user_id": "a", "event_time": "2026-09-01T10:00:00Z", "Quantity": 1}) + "\n"
+    )
+    cfg.input.expressions = {"value": expression}
+    with pytest.raises(ConfigError, match=r"^input\.expressions\.value: ") as bad:
+        ingest.run(StageContext.create(spark, cfg, "bad-expr"))
+    assert said in str(bad.value)
+
+
+def test_a_field_comes_from_one_source():
+    from segmentation.config import load_config
+
+    with pytest.raises(ConfigError, match=r"input\.expressions\.value' is also set in input\.mapping"):
+        load_config([], ["input.mapping.value=Amount", "input.expressions.value=Quantity * 2"])
