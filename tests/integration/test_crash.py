@@ -15,6 +15,28 @@ from segmentation.tables import PIPELINE_RUNS
 from tests.conftest import REPO, make_config
 
 
+def kill_when(argv: list[str], seen, what: str, poll: float = 0.2) -> int:
+    """Start `segment *argv` (its own process group, so the kill reaches its JVM too), SIGKILL it
+    the moment `seen()` is true, and return its exit status; fails when it ends before that."""
+    segment = Path(sys.executable).parent / "segment"
+    proc = subprocess.Popen(
+        [str(segment), *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not seen():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"segment {argv[0]} ended (exit {proc.returncode}) before {what}")
+            time.sleep(poll)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc.returncode
+
+
 @pytest.mark.slow
 def test_a_killed_stage_stays_visible_as_running(spark, tmp_path):
     settings = [
@@ -33,23 +55,8 @@ def test_a_killed_stage_stays_visible_as_running(spark, tmp_path):
             return []
         return store.read(PIPELINE_RUNS).where("run_id = 'killed'").collect()
 
-    segment = Path(sys.executable).parent / "segment"
-    proc = subprocess.Popen(
-        [str(segment), "features", *args, "--run-id", "killed"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill reaches its JVM too
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not rows():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the stage ended (exit {proc.returncode}) before it was seen running")
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    code = kill_when(["features", *args, "--run-id", "killed"], rows, "it was seen running")
+    assert code == -signal.SIGKILL
     assert [(r.stage, r.status, r.finished_at) for r in rows()] == [("features", "running", None)]
 
 
@@ -77,22 +84,12 @@ def test_a_cluster_run_killed_while_publishing_is_never_read_half(spark, lake, t
     store = open_store(spark, make_config(tmp_path, *settings).storage)
     before = published_run(store)
     version = store.version(SEGMENT_PROFILES)
-    segment = Path(sys.executable).parent / "segment"
-    proc = subprocess.Popen(
-        [str(segment), "cluster", *args, "--run-id", "killed"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    kill_when(
+        ["cluster", *args, "--run-id", "killed"],
+        lambda: store.version(SEGMENT_PROFILES) != version,
+        "publishing was seen",
+        poll=0.05,
     )
-    try:
-        deadline = time.monotonic() + 300
-        while store.version(SEGMENT_PROFILES) == version:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"cluster ended (exit {proc.returncode}) before publishing was seen")
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     try:
         assert published_run(store) in (before, "killed")  # whole: one run in every table
     except StageError as exc:

@@ -100,13 +100,13 @@ def detect_time_format(parsed: DataFrame, cfg: InputConfig) -> str | None:
     of an epoch's length (10 for seconds, 13 for milliseconds, 16 for microseconds since 2001)."""
     if cfg.time_format:
         return cfg.time_format
-    column, tp = source_columns(with_expressions(parsed, cfg), cfg)["event_time"]
+    expressed = with_expressions(parsed, cfg)
+    column, tp = source_columns(expressed, cfg)["event_time"]
     if not isinstance(tp, StringType):
         return None
     sample = [
         r[0]
-        for r in with_expressions(parsed, cfg)
-        .select(F.trim(column).alias("t"))
+        for r in expressed.select(F.trim(column).alias("t"))
         .where(F.col("t").isNotNull() & (F.col("t") != ""))
         .limit(1000)
         .collect()

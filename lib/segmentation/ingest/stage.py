@@ -118,8 +118,9 @@ def run(ctx: StageContext) -> IngestResult:
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         warned = _apply_watch_rules(checked, rules)
-        _refuse_mostly_rejected(checked, raw, input_cfg, cfg.ingest.max_rejected_share)
-        result = _write_silver(ctx, checked, point, incremental, key, new_files)
+        counts = reason_counts(checked)
+        _refuse_mostly_rejected(counts, checked, raw, input_cfg, cfg.ingest.max_rejected_share)
+        result = _write_silver(ctx, checked, counts, point, incremental, key, new_files)
         _write_rejected_and_bronze(ctx, checked, incremental, new_files)
     finally:
         checked.unpersist()
@@ -179,6 +180,7 @@ def processed_files(store: TableStore, point: ReadPoint) -> set[str]:
 def _write_silver(
     ctx: StageContext,
     checked: DataFrame,
+    counts: dict[str | None, int],
     point: ReadPoint,
     incremental: bool,
     key: bytes | None,
@@ -202,7 +204,7 @@ def _write_silver(
             fresh, merged, rebuilt = _merge_silver(store, unique, point, files)
         else:
             fresh, merged, rebuilt = unique, unique, None
-        result = _reconcile(checked, fresh.count())
+        result = _reconcile(counts, fresh.count())
         bots = bot_users(
             _bot_scope(store, merged, rebuilt, point),
             cfg.ingest.bot_max_events_per_day,
@@ -266,14 +268,18 @@ REASON_FIELDS = {
 }
 
 
-def _refuse_mostly_rejected(checked: DataFrame, raw: DataFrame, cfg: InputConfig, limit: float) -> None:
+def reason_counts(checked: DataFrame) -> dict[str | None, int]:
+    """Records per reject reason (None: good records) of a classified batch: one small aggregation."""
+    return {r["reject_reason"]: r["count"] for r in checked.groupBy("reject_reason").count().collect()}
+
+
+def _refuse_mostly_rejected(
+    counts: dict[str | None, int], checked: DataFrame, raw: DataFrame, cfg: InputConfig, limit: float
+) -> None:
     """Commit nothing when more than `limit` of the batch would be quarantined: that is a wrong
     time format or mapping far more often than bad data, and a run that "succeeds" keeping nothing
     loses the batch silently. Names the top reason, its share, where the field comes from and one
     sample value."""
-    counts = {
-        r["reject_reason"]: r["count"] for r in checked.groupBy("reject_reason").count().collect()
-    }  # a row per reason
     total = sum(counts.values())
     rejected = total - counts.get(None, 0)
     if total == 0 or rejected / total <= limit:
@@ -366,12 +372,11 @@ def silver_columns(silver: DataFrame, withheld: list[str]) -> list:
     ]
 
 
-def _reconcile(checked: DataFrame, kept: int) -> IngestResult:
+def _reconcile(counts: dict[str | None, int], kept: int) -> IngestResult:
     """The batch's accounting, from the frames about to be written and before anything is: every
     record read is kept, quarantined with a reason or an exact duplicate of a kept event."""
-    counts = checked.groupBy("reject_reason").count().collect()  # one row per reason
-    by_reason = {r["reject_reason"]: r["count"] for r in counts if r["reject_reason"] is not None}
-    good = next((r["count"] for r in counts if r["reject_reason"] is None), 0)
+    by_reason = {reason: n for reason, n in counts.items() if reason is not None}
+    good = counts.get(None, 0)
     rows_in = good + sum(by_reason.values())
     duplicates = good - kept
     if duplicates < 0:

@@ -236,12 +236,12 @@ class DeltaSparkStore(TableStore):
             return
         self.check_guard(guard)
         token = f"{guard.app_id}:{guard.txn[1]}:{uuid.uuid4().hex}"
-        writer = (
+        tagged = (
             writer.option("txnAppId", guard.app_id)
             .option("txnVersion", str(guard.txn[1]))
             .option("userMetadata", token)
         )
-        self._commit(name, lambda: self._save(writer, name))
+        self._commit(name, lambda: self._save(tagged, name))
         newest = self.version(name)
         since = newest - (guard.version if guard.version is not None else -1)
         commits = self._table(name).history(max(1, since)).where(F.col("userMetadata") == token)
