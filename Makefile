@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.setup-done
 CONF   ?= conf/local.yaml
 DEMO_USERS ?= 20000
 
-.PHONY: setup demo test test-fast bench lint docs lock clean cluster-up cluster-down wheel
+.PHONY: setup demo test test-fast bench quality lint docs lock clean cluster-up cluster-down wheel
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ test-fast: $(STAMP)
 # Not part of `make test`: about 15 minutes here. Results: docs/benchmark.json and docs/benchmark.md.
 bench: $(STAMP)
 	$(BIN)/segment bench --conf $(CONF) --out docs/benchmark.json
+
+# The quality lab on the held-out worlds (about an hour here): docs/quality.md, .png and .jsonl. A rerun
+# measures only worlds missing from docs/quality.jsonl; delete it to measure all again.
+quality: $(STAMP)
+	$(BIN)/segment bench --conf $(CONF) --quality held-out --out docs/quality.jsonl
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib tests jobs

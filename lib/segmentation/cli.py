@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench = command("bench")
     bench.add_argument("--out", metavar="FILE.json", required=True, help="results file (+ FILE.md beside)")
+    bench.add_argument(
+        "--quality",
+        choices=("held-out", "tuning"),
+        help="the quality lab instead: worlds of the held-out seeds (the reported figures) or the tuning "
+        "seeds; results as JSON lines in --out (measured worlds are skipped on a rerun), .md and .png beside",
+    )
     return parser
 
 
@@ -175,6 +181,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         from segmentation.tools import bench
 
+        if args.quality:
+            from segmentation.tools.bench import quality
+
+            seeds = (
+                quality.held_out_seeds(cfg.bench.quality_worlds)
+                if args.quality == "held-out"
+                else list(quality.TUNING_SEEDS)
+            )
+            quality.run(spark, cfg, Path(args.out), seeds)
+            print(
+                f"results: {args.out}, {Path(args.out).with_suffix('.md')}, {Path(args.out).with_suffix('.png')}"
+            )
+            return 0
         results = bench.run(spark, cfg, Path(args.out))
         for key, target in results["targets"].items():
             met = {True: "met", False: "MISSED", None: "n/a"}[target["met"]]

@@ -297,8 +297,8 @@ class EmbedConfig:
 
 @dataclass
 class ClusteringConfig:
-    k: list[int] = field(default_factory=lambda: [4, 5, 6])
-    algorithms: list[Literal["kmeans", "bisecting_kmeans", "gaussian_mixture"]] = field(
+    k: list[int] = field(default_factory=lambda: list(range(2, 13)))
+    algorithms: list[Literal["kmeans", "bisecting_kmeans", "gaussian_mixture", "hdbscan"]] = field(
         default_factory=lambda: ["kmeans", "bisecting_kmeans"]
     )
     seed: int = 42
@@ -320,15 +320,22 @@ class ClusteringConfig:
     # sharpened (on generated logs it chose k=6, ARI 0.87-0.88 against the planted segments, in two of
     # three trainings where k=5 scored 0.95 and won on the scaled features in all three).
     selection_metric: Literal[
-        "silhouette", "silhouette_common", "calinski_harabasz_common", "davies_bouldin_common"
+        "silhouette", "silhouette_common", "calinski_harabasz_common", "davies_bouldin_common", "jaccard_mean"
     ] = "silhouette_common"
-    candidates: list[Literal["embedding", "raw"]] = field(default_factory=lambda: ["embedding"])
-    min_segment_share: float = 0.02
+    # How k is chosen (cluster/kselect.py; docs/quality.md measured each): from resampling evidence on
+    # a driver sample, each representation's k by one rule, then MLlib fits at that k only; or
+    # `metric`: MLlib fits at every k, the best selection_metric wins.
+    k_rule: Literal["prediction_strength", "gap", "clusterboot", "silhouette", "metric"] = "clusterboot"
+    ps_threshold: float = 0.8  # prediction_strength: the largest k reaching this
+    candidates: list[Literal["embedding", "raw"]] = field(default_factory=lambda: ["embedding", "raw"])
+    min_segment_share: float = 0.01
     min_stability: float = 0.6
     # stability_ari compares each fit with a refit on a random `stability_fraction` of the users under
     # another seed (subsample), with a refit under another seed on all users (seed), or is skipped (off).
     stability: Literal["subsample", "seed", "off"] = "subsample"
     stability_fraction: float = 0.8
+    # The evidence for k (cluster/kselect.py) is computed on a uniform driver sample of at most this many users.
+    selection_sample_rows: int = 10_000
     label_features: int = 3
     parallelism: int = 4
     truth_path: str | None = (
@@ -349,6 +356,10 @@ class ClusteringConfig:
         _require(0 < self.stability_fraction <= 1, "clustering.stability_fraction", "must be in (0, 1]")
         _require(len(self.candidates) > 0, "clustering.candidates", "must list a representation")
         _require(self.parallelism >= 1, "clustering.parallelism", "must be at least 1")
+        _require(0 < self.ps_threshold <= 1, "clustering.ps_threshold", "must be in (0, 1]")
+        _require(
+            self.selection_sample_rows >= 500, "clustering.selection_sample_rows", "must be at least 500"
+        )
         _require(self.label_features >= 1, "clustering.label_features", "must be at least 1")
         if self.selection_metric == "silhouette" and len(set(self.candidates)) > 1:
             raise ConfigError(
@@ -423,8 +434,15 @@ class BenchConfig:
     # The first size's logs again through spark-submit on a standalone cluster on this machine (two
     # 1-core workers; training on the executors), stage by stage beside the local run.
     cluster: bool = True
+    # `segment bench --quality`: worlds of the generator family (tools/generate/worlds.py)
+    quality_worlds: int = 30  # held-out worlds measured for the reported figures
+    quality_users: int = 3000  # users per world
+    quality_max_k: int = 14  # k is searched over 2..this (worlds plant 3..12)
 
     def validate(self) -> None:
+        _require(self.quality_worlds >= 1, "bench.quality_worlds", "must be at least 1")
+        _require(self.quality_users >= 500, "bench.quality_users", "must be at least 500")
+        _require(self.quality_max_k >= 3, "bench.quality_max_k", "must be at least 3")
         _require(len(self.e2e_events) >= 2, "bench.e2e_events", "must list at least two sizes")
         _require(self.repeats >= 1, "bench.repeats", "must be at least 1")
         _require(self.train_epochs >= 2, "bench.train_epochs", "must be at least 2")

@@ -69,13 +69,14 @@ STAGES: tuple[Stage, ...] = (
             t.SEGMENT_CENTROIDS,
             t.SEGMENT_PROFILES,
             t.CLUSTERING_EVALUATION,
+            t.K_EVIDENCE,
             "segmenter",
         ),
     ),
     Stage(
         "report",
         "one HTML page about a run",
-        reads=(t.SEGMENT_PROFILES, t.CLUSTERING_EVALUATION, t.PIPELINE_RUNS),
+        reads=(t.SEGMENT_PROFILES, t.CLUSTERING_EVALUATION, t.K_EVIDENCE, t.PIPELINE_RUNS),
         writes=("report",),
     ),
     Stage(

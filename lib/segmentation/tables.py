@@ -16,6 +16,7 @@ USER_SEGMENTS = "user_segments"
 SEGMENT_CENTROIDS = "segment_centroids"
 SEGMENT_PROFILES = "segment_profiles"
 CLUSTERING_EVALUATION = "clustering_evaluation"
+K_EVIDENCE = "k_evidence"
 PIPELINE_RUNS = "pipeline_runs"
 
 ALL_TABLES = (
@@ -28,6 +29,7 @@ ALL_TABLES = (
     SEGMENT_CENTROIDS,
     SEGMENT_PROFILES,
     CLUSTERING_EVALUATION,
+    K_EVIDENCE,
     PIPELINE_RUNS,
 )
 
@@ -66,7 +68,14 @@ CLUSTERING_EVALUATION_SCHEMA = (
     "run_id string, representation string, algorithm string, k int, silhouette double, "
     "calinski_harabasz double, davies_bouldin double, wssse double, min_segment_share double, "
     "stability_ari double, selected boolean, silhouette_common double, calinski_harabasz_common double, "
-    "davies_bouldin_common double, selection_reason string"
+    "davies_bouldin_common double, selection_reason string, k_rule string, jaccard_min double, "
+    "jaccard_mean double"
+)
+# The evidence for k (cluster/kselect.py): one row per (run, representation, k) on the driver sample.
+K_EVIDENCE_SCHEMA = (
+    "run_id string, representation string, k int, sample_rows int, inertia double, silhouette double, "
+    "prediction_strength double, gap double, gap_se double, jaccard_min double, jaccard_mean double, "
+    "chosen boolean, rule string, reason string"
 )
 
 

@@ -69,3 +69,40 @@ def test_bench_smoke(tmp_path, capsys):
     for key in [key for key, t in results["targets"].items() if t["met"] is False]:  # each with its cause
         assert f"- `{key}`: " in table
     assert "embed_ratio_vs_torch" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quality_lab_smoke(tmp_path, capsys):
+    """One small world through the lab: every method's choice, the product's own, the page and the plot;
+    a rerun measures nothing again."""
+    out = tmp_path / "quality.json"
+    args = ["bench", "--conf", str(REPO / "conf" / "local.yaml"), "--quality", "held-out", "--out", str(out)]
+    for item in (
+        "spark.master=local[2]",
+        f"bench.work_dir={tmp_path / 'work'}",
+        "bench.quality_worlds=1",
+        "bench.quality_users=600",
+        "bench.quality_max_k=4",
+        "training.epochs=2",
+        "clustering.algorithms=[kmeans]",
+    ):
+        args += ["--set", item]
+    assert main(args) == 0
+    (world,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert world["world"]["seed"] == 1000 and world["users_sampled"] == 600
+    from segmentation.tools.bench.quality import PRODUCT, methods
+
+    density = {"hdbscan/raw", "hdbscan/embedding"}
+    assert set(world["choices"]) == set(methods()) | {PRODUCT} | density
+    assert all(-1 <= c["ari"] <= 1 for c in world["choices"].values())
+    assert all(2 <= c["k"] <= 4 for name, c in world["choices"].items() if name not in density)
+    # the oracle is the best of the candidates every method chooses from (the product fits its own)
+    assert all(
+        c["ari"] <= world["oracle_ari"] + 1e-9 for name, c in world["choices"].items() if name != PRODUCT
+    )
+    page = out.with_suffix(".md").read_text()
+    assert "**1 worlds**, seeds 1000..1000" in page and f"| {PRODUCT} | 1 |" in page
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert main(args) == 0  # measured worlds are skipped
+    assert len(out.read_text().splitlines()) == 1
+    assert "quality.png" in capsys.readouterr().out

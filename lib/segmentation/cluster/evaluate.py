@@ -38,6 +38,16 @@ class Evaluation:
     selection_reason: str = ""
     ari_truth: float | None = None
     nmi_truth: float | None = None
+    k_rule: str | None = None
+    jaccard_min: float | None = None
+    jaccard_mean: float | None = None
+
+    def attach_evidence(self, rule: str, choice) -> None:
+        """The rule that chose this k and the bootstrap Jaccard of k-means at this k on the sample."""
+        figures = next((f for f in choice.evidence if f.k == self.k), None)
+        self.k_rule = rule
+        if figures is not None:
+            self.jaccard_min, self.jaccard_mean = figures.jaccard_min, figures.jaccard_mean
 
     def row(self, run_id: str) -> tuple:
         """This evaluation as a clustering_evaluation row."""

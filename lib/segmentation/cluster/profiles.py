@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from segmentation.cluster.density import NOISE
+from segmentation.cluster.kselect import JACCARD_DISSOLVED
 from segmentation.features.aggregates import HOUR_BUCKETS, TYPE_NAMES
 
-OTHER_SEGMENT = -1
+OTHER_SEGMENT = -2  # small segments merged (-1 is density clustering's noise: cluster/density.py)
 LABEL_MIN_Z = 0.5  # a feature names a segment only when its mean is this many population SDs away
 NON_FEATURE_COLUMNS = ("user_id", "features", "as_of", "run_id")
 
@@ -75,21 +77,33 @@ def profile_schema(names: Sequence[str]) -> str:
     lifts = ", ".join(f"lift_{n} double" for n in names)
     return (
         "segment_id int, label string, n_users long, share double, top_categories array<string>, "
-        f"{means}, {lifts}, run_id string"
+        f"stability_jaccard double, dissolved boolean, {means}, {lifts}, run_id string"
     )
 
 
 def build_profiles(
-    sums: Sequence[dict], names: Sequence[str], min_size: int, label_features: int, run_id: str
+    sums: Sequence[dict],
+    names: Sequence[str],
+    min_size: int,
+    label_features: int,
+    run_id: str,
+    jaccard: dict[int, float] | None = None,
 ) -> Profiles:
     """From `segment_sums` rows (a few per run): each published segment's size, share of all segmented
     users, mean of every feature, lift (segment mean / population mean; null when the population mean
-    is 0), its top categories and a label from its most distinctive features."""
+    is 0), its top categories, a label from its most distinctive features, and its bootstrap Jaccard
+    stability from `jaccard` (segment id -> value; null for `other` and segments without one) with
+    `dissolved` where it is at most 0.5."""
+    jaccard = jaccard or {}
     total = sum(r["n_users"] for r in sums)
     population = _moments(sums, names)
-    small = [r for r in sums if r["n_users"] < min_size]
-    groups = [dict(r) for r in sums if r["n_users"] >= min_size]
-    suppressed = 0
+    # noise (users in no dense region) is never merged with segments: shown alone or withheld
+    noise = [r for r in sums if r["segment_id"] == NOISE]
+    sums_segments = [r for r in sums if r["segment_id"] != NOISE]
+    small = [r for r in sums_segments if r["n_users"] < min_size]
+    groups = [dict(r) for r in sums_segments if r["n_users"] >= min_size]
+    groups += [dict(r) for r in noise if r["n_users"] >= min_size]
+    suppressed = sum(r["n_users"] for r in noise if r["n_users"] < min_size)
     if small:
         merged = {"segment_id": OTHER_SEGMENT, "n_users": sum(r["n_users"] for r in small)}
         for key in small[0]:
@@ -98,7 +112,7 @@ def build_profiles(
         if merged["n_users"] >= min_size:
             groups.append(merged)
         else:
-            suppressed = merged["n_users"]
+            suppressed += merged["n_users"]
     rows = []
     for group in sorted(groups, key=lambda g: g["segment_id"]):
         n = group["n_users"]
@@ -106,6 +120,8 @@ def build_profiles(
         lifts = {name: (means[name] / population[name][0] if population[name][0] else None) for name in names}
         if group["segment_id"] == OTHER_SEGMENT:
             label = f"other: {len(small)} segments under {min_size} users"
+        elif group["segment_id"] == NOISE:
+            label = "noise: in no dense region"
         else:
             label = segment_label(means, population, label_features)
         rows.append(
@@ -115,6 +131,12 @@ def build_profiles(
                 "n_users": n,
                 "share": n / total,
                 "top_categories": top_categories(means),
+                "stability_jaccard": jaccard.get(group["segment_id"]),
+                "dissolved": (
+                    jaccard[group["segment_id"]] <= JACCARD_DISSOLVED
+                    if group["segment_id"] in jaccard
+                    else None
+                ),
                 **{f"mean_{name}": means[name] for name in names},
                 **{f"lift_{name}": lifts[name] for name in names},
                 "run_id": run_id,

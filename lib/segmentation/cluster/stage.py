@@ -13,13 +13,18 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from pyspark.ml.functions import array_to_vector
+import numpy as np
+from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from segmentation.arrays import list_column_matrix
 from segmentation.artifacts import atomic_write_text, publish
+from segmentation.cluster import kselect
+from segmentation.cluster.density import DensityModel
 from segmentation.cluster.evaluate import REPRESENTATIONS, Evaluation, evaluate_partition, log_evaluation
 from segmentation.cluster.fit import apply_model, fit, vector_column
+from segmentation.cluster.kmeans import driver_sample
 from segmentation.cluster.metrics import centroids, with_distance
 from segmentation.cluster.profiles import build_profiles, feature_columns, profile_schema, segment_sums
 from segmentation.cluster.selection import select
@@ -29,6 +34,8 @@ from segmentation.storage import TableStore
 from segmentation.tables import (
     CLUSTERING_EVALUATION,
     CLUSTERING_EVALUATION_SCHEMA,
+    K_EVIDENCE,
+    K_EVIDENCE_SCHEMA,
     SEGMENT_CENTROIDS,
     SEGMENT_PROFILES,
     USER_EMBEDDINGS,
@@ -56,12 +63,21 @@ def run(ctx: StageContext) -> ClusterResult:
         n_users = points.count()
         if n_users < max(cfg.k):
             raise StageError(f"{n_users} users cannot make {max(cfg.k)} segments: lower clustering.k")
-        results, models = _sweep(ctx, points, truth is not None)
+        choices = _k_by_evidence(ctx, points)
+        results, models = _sweep(ctx, points, truth is not None, _candidates(cfg, choices))
+        if choices:
+            for result in results:
+                result.attach_evidence(cfg.k_rule, choices[result.representation])
         selection = select(results, cfg)
         for i, (result, reason) in enumerate(zip(results, selection.reasons, strict=True)):
             result.selected, result.selection_reason = i == selection.index, reason
         chosen = results[selection.index]
         model = models[selection.index]
+        if choices:
+            chosen.selection_reason = (
+                f"k={chosen.k} by {cfg.k_rule}: {choices[chosen.representation].reason}; "
+                + chosen.selection_reason
+            )
         log.info(
             "cluster: %s %s k=%d %s",
             chosen.representation,
@@ -69,9 +85,7 @@ def run(ctx: StageContext) -> ClusterResult:
             chosen.k,
             chosen.selection_reason,
         )
-        baseline = (
-            None if "raw" in cfg.candidates else results[select(results, cfg, candidates=["raw"]).index]
-        )
+        baseline = results[select(results, cfg, candidates=["raw"]).index]  # reported even as a candidate
         rows = [r.row(ctx.run_id) for r in results]
         frame = ctx.spark.createDataFrame(rows, CLUSTERING_EVALUATION_SCHEMA)
         ctx.store.replace_where(frame, CLUSTERING_EVALUATION, "run_id", [ctx.run_id])
@@ -82,21 +96,77 @@ def run(ctx: StageContext) -> ClusterResult:
         rows_in=n_users,
         rows_out=segments,
         selected=chosen.summary(),
-        raw_baseline=baseline.summary() if baseline else None,
+        raw_baseline=baseline.summary(),
         evaluations=results,
     )
 
 
-def _sweep(ctx: StageContext, points: DataFrame, has_truth: bool) -> tuple[list[Evaluation], list]:
+def _k_by_evidence(ctx: StageContext, points: DataFrame) -> dict[str, kselect.KChoice] | None:
+    """Each representation's k by `clustering.k_rule` from the evidence of every k of `clustering.k` on
+    a driver sample (None under k_rule `metric`), written to k_evidence. Bootstrap Jaccard is always
+    computed: it is the per-segment stability the profiles report."""
+    cfg = ctx.cfg.clustering
+    if cfg.k_rule == "metric":
+        return None
+    rules = {cfg.k_rule, "clusterboot"}
+    choices, rows = {}, []
+    for representation in REPRESENTATIONS:
+        ctx.describe(f"cluster: evidence for k on {representation}")
+        sample = driver_sample(points, vector_column(representation), cfg.selection_sample_rows, cfg.seed)
+        figures = kselect.evidence(sample, cfg.k, sorted(rules), cfg.seed)
+        choice = kselect.choose(figures, cfg.k_rule, cfg.k, cfg.ps_threshold)
+        log.info("cluster: %s k=%d by %s: %s", representation, choice.k, cfg.k_rule, choice.reason)
+        choices[representation] = choice
+        rows += [
+            (
+                ctx.run_id,
+                representation,
+                f.k,
+                len(sample),
+                f.inertia,
+                f.silhouette,
+                f.prediction_strength,
+                f.gap,
+                f.gap_se,
+                f.jaccard_min,
+                f.jaccard_mean,
+                f.k == choice.k,
+                cfg.k_rule,
+                choice.reason if f.k == choice.k else None,
+            )
+            for f in figures
+        ]
+    frame = ctx.spark.createDataFrame(rows, K_EVIDENCE_SCHEMA)
+    ctx.store.replace_where(frame, K_EVIDENCE, "run_id", [ctx.run_id])
+    return choices
+
+
+def _candidates(cfg, choices: dict[str, kselect.KChoice] | None) -> list[tuple[str, str, int | None]]:
+    """(representation, algorithm, k) to fit: every k of clustering.k under k_rule `metric`, else each
+    representation's chosen k; hdbscan once per representation (k None: it finds its own)."""
+    out: list[tuple[str, str, int | None]] = []
+    for r in REPRESENTATIONS:
+        for a in cfg.algorithms:
+            if a == "hdbscan":
+                out.append((r, a, None))
+            else:
+                out += [(r, a, k) for k in (cfg.k if choices is None else [choices[r].k])]
+    return out
+
+
+def _sweep(
+    ctx: StageContext, points: DataFrame, has_truth: bool, candidates: list[tuple[str, str, int | None]]
+) -> tuple[list[Evaluation], list]:
     """Every (representation, algorithm, k) candidate fitted and scored: evaluations and models, in
     candidate order."""
     cfg = ctx.cfg.clustering
-    candidates = [(r, a, k) for r in REPRESENTATIONS for a in cfg.algorithms for k in cfg.k]
 
-    def fit_and_score(candidate: tuple[str, str, int]):
+    def fit_and_score(candidate: tuple[str, str, int | None]):
         representation, algorithm, k = candidate
-        ctx.describe(f"cluster: {representation} {algorithm} k={k}")
+        ctx.describe(f"cluster: {representation} {algorithm} k={k or 'found'}")
         model = fit(points, algorithm, k, cfg, vector_column(representation))
+        if isinstance(model, DensityModel):
+            k = model.k
         result = evaluate_partition(model, points, has_truth, representation, algorithm, k, cfg)
         log_evaluation(result)
         return result, model
@@ -179,8 +249,9 @@ def _write_selected(
         )
         names = feature_columns(features)
         sums = [r.asDict() for r in segment_sums(assigned, features, names).collect()]  # a row per segment
+        jaccard = segment_jaccard(model, points, chosen, cfg.clustering)
         profiles = build_profiles(
-            sums, names, cfg.privacy.min_segment_size, cfg.clustering.label_features, run_id
+            sums, names, cfg.privacy.min_segment_size, cfg.clustering.label_features, run_id, jaccard
         )
         _log_profiles(profiles, cfg.privacy.min_segment_size)
         _save_segmenter(ctx, model, chosen, embeddings, features)
@@ -197,10 +268,41 @@ def _write_selected(
     return sum(r["n_users"] for r in sums)
 
 
+def segment_jaccard(model, points: DataFrame, chosen: Evaluation, cfg) -> dict[int, float]:
+    """Hennig's clusterboot for the selected partition: each segment's mean bootstrap Jaccard with
+    k-means refitted on resamples of a driver sample (at most `selection_sample_rows` users) of the
+    chosen representation; segments with no sampled member are absent."""
+    if isinstance(model, DensityModel):
+        log.info("cluster: no bootstrap Jaccard for hdbscan segments (it is defined by k-means refits)")
+        return {}
+    total = points.count()
+    rows = cfg.selection_sample_rows
+    sample = points if total <= rows else points.sample(fraction=rows / total, seed=cfg.seed)
+    column = vector_column(chosen.representation)
+    table = (
+        apply_model(model, sample, column)
+        .select("segment_id", vector_to_array(column).alias("values"))
+        .toArrow()
+    )
+    ids, labels = np.unique(table.column("segment_id").to_numpy(zero_copy_only=False), return_inverse=True)
+    if len(ids) < 2:
+        return {}
+    x = list_column_matrix(table.column("values"), np.float64)
+    values = kselect.bootstrap_jaccard(x, labels, len(ids), cfg.seed)
+    dissolved = [int(i) for i, v in zip(ids, values, strict=True) if v <= kselect.JACCARD_DISSOLVED]
+    if dissolved:
+        log.warning(
+            "cluster: segments %s dissolve under resampling (bootstrap Jaccard <= %.2f): do not act on them alone",
+            dissolved,
+            kselect.JACCARD_DISSOLVED,
+        )
+    return {int(i): float(v) for i, v in zip(ids, values, strict=True)}
+
+
 def _log_profiles(profiles, minimum: int) -> None:
     if profiles.merged_segments:
         log.info(
-            "cluster: %d segments under privacy.min_segment_size=%d merged into segment -1 (other)%s",
+            "cluster: %d segments under privacy.min_segment_size=%d merged into segment -2 (other)%s",
             profiles.merged_segments,
             minimum,
             f"; {profiles.suppressed_users} users withheld" if profiles.suppressed_users else "",
@@ -240,8 +342,10 @@ def _save_segmenter(
     representation, and the autoencoder and feature snapshot it was fitted on."""
     run_id = ctx.run_id
     directory = ctx.paths.segmenter(run_id)
-    # saved reading a plain `vector` column (of the representation below), whatever the sweep called it
-    model.copy({model.featuresCol: "vector"}).write().overwrite().save(str(directory / "model"))
+    if isinstance(model, DensityModel):
+        model.save(directory / "model")
+    else:  # saved reading a plain `vector` column (of the representation below), whatever the sweep called it
+        model.copy({model.featuresCol: "vector"}).write().overwrite().save(str(directory / "model"))
     manifest = {
         "run_id": run_id,
         "representation": chosen.representation,

@@ -30,13 +30,60 @@ def _png(fig) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def _plots(evaluations: list[dict], profiles: list[dict]) -> str:
+# The k_evidence column each k rule reads (cluster/kselect.py)
+RULE_FIGURE = {
+    "prediction_strength": "prediction_strength",
+    "gap": "gap",
+    "clusterboot": "jaccard_min",
+    "silhouette": "silhouette",
+}
+
+
+def _plots(evaluations: list[dict], profiles: list[dict], evidence: list[dict]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    if evidence:
+        _k_evidence_plot(axes[0], evidence)
+    else:
+        _k_sweep_plot(axes[0], evaluations)
+    shown = sorted(profiles, key=lambda p: p["segment_id"])
+    axes[1].bar([str(p["segment_id"]) for p in shown], [p["n_users"] for p in shown], color="#4c72b0")
+    axes[1].set_xlabel("segment")
+    axes[1].set_ylabel("users")
+    axes[1].set_title("Segment sizes")
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def _k_evidence_plot(axis, evidence: list[dict]) -> None:
+    """The figure of the rule that chose k, by k, per representation, the chosen k circled."""
+    rule = evidence[0]["rule"]
+    figure = RULE_FIGURE[rule]
+    for rep, marker in zip(sorted({e["representation"] for e in evidence}), "os^", strict=False):
+        rows = sorted((e["k"], e[figure], e["chosen"]) for e in evidence if e["representation"] == rep)
+        rows = [r for r in rows if r[1] is not None]
+        if not rows:
+            continue
+        line = axis.plot([r[0] for r in rows], [r[1] for r in rows], marker=marker, label=rep)[0]
+        for k, value, chosen in rows:
+            if chosen:
+                axis.scatter(
+                    [k], [value], s=220, facecolors="none", edgecolors=line.get_color(), linewidths=2
+                )
+    axis.set_xticks(sorted({e["k"] for e in evidence}))
+    axis.set_xlabel("k (circled: chosen)")
+    axis.set_ylabel(figure.replace("_", " "))
+    axis.set_title(f"k chosen by {rule.replace('_', ' ')}")
+    axis.legend(fontsize=8)
+
+
+def _k_sweep_plot(axis, evaluations: list[dict]) -> None:
+    """Under k_rule `metric`: every fitted partition's silhouette by k."""
     for (rep, algo), marker in zip(
         sorted({(e["representation"], e["algorithm"]) for e in evaluations}), "osd^v<>", strict=False
     ):
@@ -46,20 +93,12 @@ def _plots(evaluations: list[dict], profiles: list[dict]) -> str:
             if e["representation"] == rep and e["algorithm"] == algo and e["silhouette"] is not None
         )
         if points:
-            axes[0].plot(*zip(*points, strict=True), marker=marker, label=f"{rep} / {algo}")
-    axes[0].set_xticks(sorted({e["k"] for e in evaluations}))
-    axes[0].set_xlabel("k")
-    axes[0].set_ylabel("silhouette")
-    axes[0].set_title("Silhouette by k")
-    axes[0].legend(fontsize=8)
-    shown = sorted(profiles, key=lambda p: p["segment_id"])
-    axes[1].bar([str(p["segment_id"]) for p in shown], [p["n_users"] for p in shown], color="#4c72b0")
-    axes[1].set_xlabel("segment")
-    axes[1].set_ylabel("users")
-    axes[1].set_title("Segment sizes")
-    out = _png(fig)
-    plt.close(fig)
-    return out
+            axis.plot(*zip(*points, strict=True), marker=marker, label=f"{rep} / {algo}")
+    axis.set_xticks(sorted({e["k"] for e in evaluations}))
+    axis.set_xlabel("k")
+    axis.set_ylabel("silhouette")
+    axis.set_title("Silhouette by k")
+    axis.legend(fontsize=8)
 
 
 def _feature_table(profiles: list[dict]) -> str:
@@ -91,11 +130,32 @@ STAGE_COLUMNS = [
 ]
 
 
+EVIDENCE_COLUMNS = [
+    "representation",
+    "k",
+    "chosen",
+    "prediction_strength",
+    "gap",
+    "gap_se",
+    "jaccard_min",
+    "jaccard_mean",
+    "silhouette",
+    "reason",
+]
+
+
 def render(
-    run_id: str, stages: list[dict], evaluations: list[dict], profiles: list[dict], minimum: int
+    run_id: str,
+    stages: list[dict],
+    evaluations: list[dict],
+    profiles: list[dict],
+    minimum: int,
+    evidence: list[dict] | None = None,
 ) -> str:
-    """The page for `run_id`: its pipeline_runs rows, the clustering_evaluation rows of the clustering
-    that produced the segments, and the segment profiles shown (at least `minimum` users each)."""
+    """The page for `run_id`: its pipeline_runs rows, the clustering_evaluation and k_evidence rows of
+    the clustering that produced the segments, and the segment profiles shown (at least `minimum`
+    users each)."""
+    evidence = evidence or []
     ingest = next((s for s in stages if s["stage"] == "ingest"), None)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -128,14 +188,28 @@ def render(
         "partition in that one common space, so representations compare fairly.</p>"
     )
     parts.append(_table(evaluations, EVALUATION_COLUMNS))
-    parts.append(_plots(evaluations, profiles))
+    if evidence:
+        parts.append(
+            f"<h3>Evidence for k</h3><p>k chosen by <code>{html.escape(evidence[0]['rule'])}</code> on a sample "
+            f"of {evidence[0]['sample_rows']} users, from k-means refitted on halves (prediction strength), "
+            "uniform references (gap) and bootstrap resamples (Jaccard: a segment recovered at >= 0.75 is "
+            "stable, at <= 0.5 it dissolves).</p>"
+        )
+        parts.append(_table(evidence, EVIDENCE_COLUMNS))
+    parts.append(_plots(evaluations, profiles, evidence))
     parts.append(
         f"<h2>Segment profiles</h2><p>Segments under {minimum} users (privacy.min_segment_size) are merged "
-        "into segment -1 (other), which is itself withheld when still smaller. Labels name the features "
+        "into segment -2 (other), which is itself withheld when still smaller; segment -1 holds users in no "
+        "dense region (hdbscan). Labels name the features "
         "whose segment mean lies furthest from the population mean, in population standard deviations.</p>"
     )
     shown = sorted(profiles, key=lambda p: p["segment_id"])
-    parts.append(_table(shown, ["segment_id", "label", "n_users", "share", "top_categories"]))
+    parts.append(
+        _table(
+            shown,
+            ["segment_id", "label", "n_users", "share", "stability_jaccard", "dissolved", "top_categories"],
+        )
+    )
     parts.append(_feature_table(shown))
     parts.append("</body></html>")
 

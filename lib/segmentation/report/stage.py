@@ -1,4 +1,4 @@
-"""Stage `report`: segment_profiles, clustering_evaluation and pipeline_runs → one HTML page.
+"""Stage `report`: segment_profiles, clustering_evaluation, k_evidence and pipeline_runs → one HTML page.
 
 Everything it shows is an aggregate (a row per stage, per evaluated partition, per segment), so the
 driver only ever holds small tables. Segments smaller than `privacy.min_segment_size` are suppressed.
@@ -15,7 +15,7 @@ from segmentation.artifacts import atomic_write_text
 from segmentation.cluster.stage import published_run
 from segmentation.report.render import render
 from segmentation.stage import StageContext, StageResult, summary_field
-from segmentation.tables import CLUSTERING_EVALUATION, PIPELINE_RUNS, SEGMENT_PROFILES
+from segmentation.tables import CLUSTERING_EVALUATION, K_EVIDENCE, PIPELINE_RUNS, SEGMENT_PROFILES
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ def run(ctx: StageContext) -> ReportResult:
     profiles_all = [r.asDict() for r in store.read(SEGMENT_PROFILES).collect()]  # k rows
     evaluations = store.read_or_fail(CLUSTERING_EVALUATION, "report").where(F.col("run_id") == cluster_run)
     evaluations = [r.asDict() for r in evaluations.orderBy("representation", "algorithm", "k").collect()]
+    evidence = []
+    if store.exists(K_EVIDENCE):  # k chosen by a rule of the evidence (not under k_rule metric)
+        rows = store.read(K_EVIDENCE).where(F.col("run_id") == cluster_run)
+        evidence = [
+            r.asDict() for r in rows.orderBy("representation", "k").collect()
+        ]  # ks per representation
     minimum = ctx.cfg.privacy.min_segment_size
     # The cluster stage already merged small segments; this guards tables written by older versions.
     profiles = [p for p in profiles_all if p["n_users"] >= minimum]
@@ -41,7 +47,7 @@ def run(ctx: StageContext) -> ReportResult:
         runs = store.read(PIPELINE_RUNS).where(F.col("run_id") == ctx.run_id).orderBy("started_at")
         stages = [r.asDict() for r in runs.collect()]  # a row per stage
     path = ctx.paths.report(ctx.run_id)
-    atomic_write_text(path, render(ctx.run_id, stages, evaluations, profiles, minimum))
+    atomic_write_text(path, render(ctx.run_id, stages, evaluations, profiles, minimum, evidence))
     log.info("report: %s", path.resolve())
     return ReportResult(
         rows_in=len(evaluations),

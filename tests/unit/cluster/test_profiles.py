@@ -2,7 +2,14 @@
 
 import pytest
 
-from segmentation.cluster.profiles import build_profiles, feature_word, segment_label, segment_sums
+from segmentation.cluster.density import NOISE
+from segmentation.cluster.profiles import (
+    OTHER_SEGMENT,
+    build_profiles,
+    feature_word,
+    segment_label,
+    segment_sums,
+)
 
 NAMES = ["n_events", "share_night", "share_cat_games", "recency_days"]
 
@@ -49,14 +56,26 @@ def test_small_segments_merge_into_other_and_are_withheld_when_still_small(spark
     merged = build_profiles(sums, NAMES, min_size=3, label_features=2, run_id="r")
     # segments 0 (2 users) and 2 (1 user) merge into other (3 users): shown, with pooled means.
     by_id = {p["segment_id"]: p for p in merged.rows}
-    assert sorted(by_id) == [-1, 1]
-    assert by_id[-1]["n_users"] == 3 and merged.merged_segments == 2
-    assert by_id[-1]["mean_n_events"] == pytest.approx((10 + 20 + 100) / 3)
-    assert by_id[-1]["label"].startswith("other: 2 segments")
+    assert sorted(by_id) == [OTHER_SEGMENT, 1]
+    assert by_id[OTHER_SEGMENT]["n_users"] == 3 and merged.merged_segments == 2
+    assert by_id[OTHER_SEGMENT]["mean_n_events"] == pytest.approx((10 + 20 + 100) / 3)
+    assert by_id[OTHER_SEGMENT]["label"].startswith("other: 2 segments")
     pooled = build_profiles(sums, NAMES, min_size=4, label_features=2, run_id="r")
-    assert [(p["segment_id"], p["n_users"]) for p in pooled.rows] == [(-1, 6)]
+    assert [(p["segment_id"], p["n_users"]) for p in pooled.rows] == [(OTHER_SEGMENT, 6)]
     withheld = build_profiles(sums, NAMES, min_size=7, label_features=2, run_id="r")
     assert withheld.rows == [] and withheld.suppressed_users == 6  # not even all users together reach 7
+
+
+def test_density_noise_is_its_own_row_never_merged_with_small_segments(spark):
+    sums = [dict(r, segment_id=NOISE) if r["segment_id"] == 2 else r for r in tiny(spark)]
+    shown = build_profiles(sums, NAMES, min_size=1, label_features=2, run_id="r", jaccard={0: 0.8, 1: 0.4})
+    by_id = {p["segment_id"]: p for p in shown.rows}
+    assert sorted(by_id) == [NOISE, 0, 1] and by_id[NOISE]["label"] == "noise: in no dense region"
+    assert (by_id[0]["stability_jaccard"], by_id[0]["dissolved"]) == (0.8, False)
+    assert (by_id[1]["stability_jaccard"], by_id[1]["dissolved"]) == (0.4, True)
+    assert (by_id[NOISE]["stability_jaccard"], by_id[NOISE]["dissolved"]) == (None, None)
+    small = build_profiles(sums, NAMES, min_size=2, label_features=2, run_id="r")
+    assert sorted(p["segment_id"] for p in small.rows) == [0, 1] and small.suppressed_users == 1
 
 
 def test_label_words():

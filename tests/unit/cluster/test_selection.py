@@ -31,7 +31,10 @@ def rows() -> list[Row]:
 
 def test_highest_silhouette_among_candidates_meeting_both_floors():
     selection = select(
-        rows(), ClusteringConfig(selection_metric="silhouette", min_segment_share=0.05, min_stability=0.6)
+        rows(),
+        ClusteringConfig(
+            selection_metric="silhouette", candidates=["embedding"], min_segment_share=0.05, min_stability=0.6
+        ),
     )
     assert selection.index == 0
     reasons = selection.reasons
@@ -42,7 +45,9 @@ def test_highest_silhouette_among_candidates_meeting_both_floors():
 
 
 def test_floors_are_configurable():
-    relaxed = ClusteringConfig(selection_metric="silhouette", min_segment_share=0.0, min_stability=0.0)
+    relaxed = ClusteringConfig(
+        selection_metric="silhouette", candidates=["embedding"], min_segment_share=0.0, min_stability=0.0
+    )
     assert select(rows(), relaxed).index == 1
     assert "loses to the selected 0.7000" in select(rows(), relaxed).reasons[0]
 
@@ -61,7 +66,9 @@ def test_baseline_selection_restricted_to_raw():
 
 
 def test_fallback_when_no_partition_meets_the_floors():
-    cfg = ClusteringConfig(selection_metric="silhouette", min_segment_share=0.05, min_stability=0.99)
+    cfg = ClusteringConfig(
+        selection_metric="silhouette", candidates=["embedding"], min_segment_share=0.05, min_stability=0.99
+    )
     selection = select(rows(), cfg)
     assert selection.index == 2  # best silhouette among those meeting the share floor
     assert "no partition met both" in selection.reasons[2]
@@ -80,4 +87,7 @@ def test_no_candidate_with_the_metric_is_an_error():
     from segmentation.errors import StageError
 
     with pytest.raises(StageError, match="no partition of \\['embedding'\\] has a silhouette_common"):
-        select([Row("raw", "kmeans", 4, 0.2, 0.9, silhouette_common=0.5)], ClusteringConfig())
+        select(
+            [Row("raw", "kmeans", 4, 0.2, 0.9, silhouette_common=0.5)],
+            ClusteringConfig(candidates=["embedding"]),
+        )

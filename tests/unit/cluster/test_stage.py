@@ -64,6 +64,8 @@ def planted(spark, cfg):
 @pytest.mark.slow
 def test_cluster_stage_on_planted_segments(spark, cfg, planted):
     cfg.clustering.k = [3, 4]
+    cfg.clustering.k_rule = "metric"  # every k fitted with MLlib; the evidence path is tested below
+    cfg.clustering.candidates = ["embedding"]  # raw stays the baseline
     cfg.clustering.algorithms = ["kmeans", "gaussian_mixture"]  # bisecting: in the pipeline test
     cfg.clustering.label_features = 1
     cfg.privacy.min_segment_size = 10
@@ -113,6 +115,58 @@ def test_cluster_stage_on_planted_segments(spark, cfg, planted):
     assert rescored.join(segments.select("user_id", "segment_id"), ["user_id", "segment_id"]).count() == (
         SEGMENTS * PER_SEGMENT
     )
+
+
+@pytest.mark.slow
+def test_k_chosen_by_evidence_then_fitted_once_per_representation(spark, cfg, planted):
+    cfg.clustering.k = [2, 3, 4, 5, 6]
+    cfg.clustering.algorithms = ["kmeans"]
+    cfg.clustering.stability = "off"
+    cfg.clustering.candidates = ["embedding"]
+    cfg.clustering.k_rule = "prediction_strength"
+    cfg.privacy.min_segment_size = 10
+    cluster.run(StageContext.create(spark, cfg, "r2"))
+
+    evidence = [r.asDict() for r in planted.read("k_evidence").collect()]
+    assert {(r["representation"], r["k"]) for r in evidence} == {
+        (rep, k) for rep in ("embedding", "raw") for k in cfg.clustering.k
+    }
+    assert all(
+        r["sample_rows"] == SEGMENTS * PER_SEGMENT and r["rule"] == "prediction_strength" for r in evidence
+    )
+    chosen = {r["representation"]: r for r in evidence if r["chosen"]}
+    assert set(chosen) == {"embedding", "raw"} and chosen["embedding"]["k"] == SEGMENTS
+    assert chosen["embedding"]["reason"].startswith("largest k with prediction strength >= 0.8")
+
+    evaluation = [r.asDict() for r in planted.read("clustering_evaluation").collect()]
+    assert {(r["representation"], r["k"]) for r in evaluation} == {(rep, r["k"]) for rep, r in chosen.items()}
+    assert all(r["k_rule"] == "prediction_strength" and 0 <= r["jaccard_min"] <= 1 for r in evaluation)
+    selected = next(r for r in evaluation if r["selected"])
+    assert (selected["representation"], selected["k"]) == ("embedding", SEGMENTS)
+    assert selected["selection_reason"].startswith("k=4 by prediction_strength: largest k")
+
+    profiles = planted.read("segment_profiles").collect()
+    assert len(profiles) == SEGMENTS
+    assert all(p.stability_jaccard >= 0.75 and p.dissolved is False for p in profiles)
+
+
+@pytest.mark.slow
+def test_hdbscan_finds_the_planted_segments_itself_and_is_saved(spark, cfg, planted):
+    from segmentation.cluster.density import NOISE, DensityModel
+
+    cfg.clustering.k = [2, 3]  # not used by hdbscan: it finds its own number of segments
+    cfg.clustering.algorithms = ["hdbscan"]
+    cfg.clustering.stability = "off"
+    cfg.privacy.min_segment_size = 10
+    result = cluster.run(StageContext.create(spark, cfg, "r3"))
+    assert result.selected["algorithm"] == "hdbscan" and result.selected["representation"] == "embedding"
+    assert result.selected["k"] == SEGMENTS and result.selected["ari_truth"] >= 0.9
+    segments = planted.read("user_segments")
+    assert segments.count() == SEGMENTS * PER_SEGMENT
+    noise = segments.where("segment_id = -1").count()
+    assert noise < 0.05 * SEGMENTS * PER_SEGMENT
+    model = DensityModel.load(cfg.paths.segmenter("r3") / "model")
+    assert model.k == SEGMENTS and NOISE == -1
 
 
 def test_segment_tables_of_two_runs_are_detected_not_read(spark, cfg, planted, monkeypatch):

@@ -44,6 +44,8 @@ PROFILES = [
         "n_users": 60,
         "share": 0.6,
         "top_categories": ["a", "b"],
+        "stability_jaccard": 0.91,
+        "dissolved": False,
         "mean_n_events": 4.0,
         "lift_n_events": 1.5,
     },
@@ -53,6 +55,8 @@ PROFILES = [
         "n_users": 40,
         "share": 0.4,
         "top_categories": ["c"],
+        "stability_jaccard": 0.42,
+        "dissolved": True,
         "mean_n_events": 2.0,
         "lift_n_events": None,
     },
@@ -85,10 +89,37 @@ def test_stages_and_evaluations_are_tables_in_their_columns():
 def test_segments_are_ordered_with_their_feature_means_and_lifts():
     page = render("r", STAGES, [EVALUATION], PROFILES, minimum=50)
     profiles = _cells(page, "<h2>Segment profiles</h2>")
-    assert profiles[5:10] == ["0", "browsers", "40", "0.4", "c"]
-    assert profiles[10:15] == ["1", "buyers &amp; co", "60", "0.6", "a, b"]
+    assert profiles[7:14] == ["0", "browsers", "40", "0.4", "0.42", "True", "c"]
+    assert profiles[14:21] == ["1", "buyers &amp; co", "60", "0.6", "0.91", "False", "a, b"]
     means = _cells(page, "Feature means")
     assert means == ["feature", "0: browsers", "1: buyers &amp; co", "n_events", "2", "4 (×1.50)"]
+    assert page.count('<img alt="plot"') == 1
+
+
+def test_the_evidence_for_k_is_a_table_and_the_plot_of_its_rule():
+    evidence = [
+        {
+            "representation": rep,
+            "k": k,
+            "sample_rows": 500,
+            "prediction_strength": 1.0 - 0.1 * k,
+            "gap": None,
+            "gap_se": None,
+            "jaccard_min": 0.9,
+            "jaccard_mean": 0.95,
+            "silhouette": None,
+            "chosen": k == 2,
+            "rule": "prediction_strength",
+            "reason": "largest k with prediction strength >= 0.8 (0.800)" if k == 2 else None,
+        }
+        for rep in ("embedding", "raw")
+        for k in (2, 3, 4)
+    ]
+    page = render("r", STAGES, [EVALUATION], PROFILES, minimum=50, evidence=evidence)
+    assert "k chosen by <code>prediction_strength</code> on a sample of 500 users" in page
+    cells = _cells(page, "Evidence for k")
+    assert cells[:3] == ["representation", "k", "chosen"]
+    assert cells.count("True") == 2 and "largest k with prediction strength &gt;= 0.8 (0.800)" in cells
     assert page.count('<img alt="plot"') == 1
 
 

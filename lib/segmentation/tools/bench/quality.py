@@ -1,0 +1,405 @@
+"""The quality lab (`segment bench --quality`): how well each way of choosing k and the representation
+recovers planted segments, over many worlds the product was never tuned on.
+
+Each world comes from the generator family of tools/generate/worlds.py. Its logs go through the
+product's own stages (ingest with the world's mapping, features, autoencoder training through
+TorchDistributor, embedding); then, on a bounded sample of users (`clustering.selection_sample_rows`,
+every user of these small worlds), `cluster/kselect.py` computes the evidence of every k on both
+representations, and every selection method is one function of that evidence. Per method the lab
+reports ARI against the planted segments, the oracle gap (the best ARI any candidate partition of the
+world reached, minus the method's), |k chosen - k planted| and time.
+
+Seeds: `TUNING_SEEDS` are for development; the reported figures come only from `held_out_seeds`, which
+no default was tuned on. Results: one JSON line per world (a rerun skips worlds already measured),
+then docs/quality.md and a plot beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from segmentation.arrays import list_column_matrix
+from segmentation.cluster import kselect
+from segmentation.cluster.density import NOISE, fit_density
+from segmentation.config import Config, InputConfig
+from segmentation.errors import StageError
+from segmentation.pipeline import run_in_context
+from segmentation.stage import StageContext
+from segmentation.tables import USER_EMBEDDINGS, USER_FEATURES
+from segmentation.tools.generate import worlds
+
+log = logging.getLogger(__name__)
+
+TUNING_SEEDS = tuple(range(1, 11))
+REPRESENTATIONS = ("raw", "embedding")
+CROSS = ("silhouette_common", "stability")  # how a method picks between the representations' choices
+STAGES = ("ingest", "features", "train", "embed")
+PRODUCT = "product default, end to end"  # the cluster stage as configured, MLlib fits over every user
+
+
+def held_out_seeds(count: int) -> list[int]:
+    return list(range(1000, 1000 + count))
+
+
+def run(spark: SparkSession, cfg: Config, out: Path, seeds: Sequence[int]) -> dict:
+    """Measure every world of `seeds` not yet in `out` (JSON lines), then summarise all of them into
+    `out` with suffix .md and a plot. Returns the summary."""
+    work = Path(cfg.bench.work_dir).resolve() / "quality"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {r["world"]["seed"] for r in read_results(out)}
+    ks = list(range(2, cfg.bench.quality_max_k + 1))
+    for i, seed in enumerate(seeds):
+        if seed in done:
+            continue
+        world = worlds.draw_world(seed, cfg.bench.quality_users)
+        log.info("quality: world %d/%d (seed %d): %s", i + 1, len(seeds), seed, world.describe())
+        result = measure_world(spark, cfg, world, work / f"world_{seed}", ks)
+        with out.open("a") as handle:
+            handle.write(json.dumps(result) + "\n")
+    results = [r for r in read_results(out) if r["world"]["seed"] in set(seeds)]
+    summary = summarise(results)
+    out.with_suffix(".md").write_text(markdown(summary, results))
+    plot(summary, results, out.with_suffix(".png"))
+    return summary
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def world_config(cfg: Config, world: worlds.World, root: Path, raw: Path, truth: Path) -> Config:
+    settings = world.input_config(raw)
+    return replace(
+        cfg,
+        storage=replace(cfg.storage, root=str(root / "lake"), artifacts=None, catalog=None, schema=None),
+        input=replace(InputConfig(), **{k: v for k, v in settings.items() if k != "path"}, path=str(raw)),
+        report=replace(cfg.report, path=str(root / "reports")),
+        training=replace(cfg.training, tracking=False),
+        clustering=replace(
+            cfg.clustering, truth_path=str(truth), k=list(range(2, cfg.bench.quality_max_k + 1))
+        ),
+    )
+
+
+def measure_world(spark: SparkSession, cfg: Config, world: worlds.World, root: Path, ks: list[int]) -> dict:
+    """The product's stages on one world, then every method's choice and its quality."""
+    shutil.rmtree(root, ignore_errors=True)
+    raw, truth_dir = worlds.write(world, root)
+    wcfg = world_config(cfg, world, root, raw, truth_dir)
+    ctx = StageContext.create(spark, wcfg)
+    seconds = {}
+    for name in STAGES:
+        started = time.perf_counter()
+        run_in_context(ctx, name)
+        seconds[name] = round(time.perf_counter() - started, 1)
+    matrices, truth = sample(
+        spark, ctx, truth_dir, wcfg.clustering.selection_sample_rows, wcfg.clustering.seed
+    )
+    evidence, candidates = {}, {}
+    for rep in REPRESENTATIONS:
+        started = time.perf_counter()
+        evidence[rep] = kselect.evidence(matrices[rep], ks, kselect.K_RULES, wcfg.clustering.seed)
+        seconds[f"evidence_{rep}"] = round(time.perf_counter() - started, 1)
+        for e in evidence[rep]:
+            candidates[(rep, e.k)] = {
+                "ari": adjusted_rand(truth, e.labels),
+                "silhouette_common": kselect.silhouette(matrices["raw"], e.labels, wcfg.clustering.seed),
+                "min_share": float(np.bincount(e.labels).min() / len(e.labels)),
+            }
+    choices = {name: method(evidence, candidates, ks) for name, method in methods().items()}
+    chosen = {
+        name: {"representation": rep, "k": k, "ari": candidates[(rep, k)]["ari"]}
+        for name, (rep, k) in choices.items()
+    }
+    for rep in REPRESENTATIONS:  # density segments: k is what HDBSCAN finds
+        started = time.perf_counter()
+        chosen[f"hdbscan/{rep}"] = density_choice(matrices[rep], truth, rep, wcfg.clustering)
+        seconds[f"hdbscan_{rep}"] = round(time.perf_counter() - started, 1)
+    oracle = max(
+        [c["ari"] for c in candidates.values()] + [chosen[f"hdbscan/{rep}"]["ari"] for rep in REPRESENTATIONS]
+    )
+    # The product itself, end to end with the configured defaults: evidence, MLlib fits, selection.
+    started = time.perf_counter()
+    selected = run_in_context(ctx, "cluster").selected
+    seconds["cluster"] = round(time.perf_counter() - started, 1)
+    return {
+        "world": world.describe(),
+        "users_sampled": len(truth),
+        "seconds": seconds,
+        "oracle_ari": oracle,
+        "candidates": {f"{rep}:{k}": c for (rep, k), c in candidates.items()},
+        "evidence": {
+            rep: [
+                {
+                    "k": e.k,
+                    "silhouette": e.silhouette,
+                    "prediction_strength": e.prediction_strength,
+                    "gap": e.gap,
+                    "gap_se": e.gap_se,
+                    "jaccard_min": e.jaccard_min,
+                    "jaccard_mean": e.jaccard_mean,
+                }
+                for e in evidence[rep]
+            ]
+            for rep in REPRESENTATIONS
+        },
+        "choices": chosen
+        | {
+            PRODUCT: {
+                "representation": selected["representation"],
+                "k": selected["k"],
+                "ari": selected["ari_truth"],
+                "algorithm": selected["algorithm"],
+            }
+        },
+    }
+
+
+def density_choice(x: np.ndarray, truth: np.ndarray, rep: str, cfg) -> dict:
+    """HDBSCAN as the product fits it (cluster/density.py), noise as one more label in the ARI."""
+    try:
+        model = fit_density(x, cfg.min_segment_share, cfg.seed)
+    except StageError:  # no dense region: every user is noise
+        return {"representation": rep, "k": 0, "ari": 0.0, "noise_share": 1.0}
+    labels = model.predict(x)
+    return {
+        "representation": rep,
+        "k": model.k,
+        "ari": adjusted_rand(truth, labels),
+        "noise_share": float((labels == NOISE).mean()),
+    }
+
+
+def sample(
+    spark: SparkSession, ctx: StageContext, truth_dir: Path, rows: int, seed: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Both representations and the planted segment of a uniform sample of at most `rows` users."""
+    truth = spark.read.json(str(truth_dir)).select("user_id", "segment")
+    frame = (
+        ctx.store.read(USER_EMBEDDINGS)
+        .select("user_id", "embedding")
+        .join(ctx.store.read(USER_FEATURES).select("user_id", F.col("features").alias("raw")), "user_id")
+        .join(truth, "user_id")
+    )
+    total = frame.count()
+    if total > rows:
+        frame = frame.sample(fraction=rows / total, seed=seed)
+    table = frame.orderBy("user_id").toArrow()
+    matrices = {rep: list_column_matrix(table.column(rep), np.float64) for rep in REPRESENTATIONS}
+    _, labels = np.unique(table.column("segment").to_numpy(zero_copy_only=False), return_inverse=True)
+    return matrices, labels
+
+
+def adjusted_rand(truth: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(truth, labels))
+
+
+Method = Callable[[dict, dict, list[int]], tuple[str, int]]
+
+
+def methods() -> dict[str, Method]:
+    """Every selection method the lab compares: name -> (evidence, candidates, ks) -> (rep, k)."""
+    table: dict[str, Method] = {"silhouette_common_sweep/embedding": _previous_default}
+    for rule in kselect.K_RULES:
+        for rep in REPRESENTATIONS:
+            table[f"{rule}/{rep}"] = _one_representation(rule, rep)
+        for cross in CROSS:
+            table[f"{rule}/both:{cross}"] = _both(rule, cross)
+    return table
+
+
+def _previous_default(evidence: dict, candidates: dict, ks: list[int]) -> tuple[str, int]:
+    """The rule before the lab: the embedding's k with the highest common-space silhouette among those
+    whose smallest segment holds >= 2% of users."""
+    allowed = [k for k in ks if candidates[("embedding", k)]["min_share"] >= 0.02] or ks
+    return "embedding", max(allowed, key=lambda k: candidates[("embedding", k)]["silhouette_common"] or -1)
+
+
+def _one_representation(rule: str, rep: str) -> Method:
+    def choose(evidence: dict, candidates: dict, ks: list[int]) -> tuple[str, int]:
+        return rep, kselect.choose(evidence[rep], rule, ks).k
+
+    return choose
+
+
+def _both(rule: str, cross: str) -> Method:
+    def choose(evidence: dict, candidates: dict, ks: list[int]) -> tuple[str, int]:
+        picks = {rep: kselect.choose(evidence[rep], rule, ks).k for rep in REPRESENTATIONS}
+
+        def score(rep: str) -> float:
+            if cross == "silhouette_common":
+                return candidates[(rep, picks[rep])]["silhouette_common"] or -1.0
+            figures = next(e for e in evidence[rep] if e.k == picks[rep])
+            return figures.jaccard_mean
+
+        best = max(REPRESENTATIONS, key=score)
+        return best, picks[best]
+
+    return choose
+
+
+def summarise(results: list[dict]) -> dict:
+    """Per method over the worlds that measured it: mean and median ARI, mean oracle gap and ratio, k
+    exact and within 1, and the same split by world kind; plus the oracle's mean."""
+    names = list(dict.fromkeys(name for r in results for name in r["choices"]))
+    summary = {"worlds": len(results), "methods": {}}
+    for name in names:
+        measured = [r for r in results if name in r["choices"]]
+        summary["methods"][name] = _figures(measured, name)
+        for kind in ("profile", "sequence"):
+            subset = [r for r in measured if r["world"]["kind"] == kind]
+            if subset:
+                summary["methods"][name][kind] = _figures(subset, name)
+    for kind in ("profile", "sequence"):
+        subset = [r["oracle_ari"] for r in results if r["world"]["kind"] == kind]
+        summary[f"oracle_ari_mean_{kind}"] = float(np.mean(subset)) if subset else None
+    summary["oracle_ari_mean"] = float(np.mean([r["oracle_ari"] for r in results])) if results else None
+    return summary
+
+
+def _figures(results: list[dict], name: str) -> dict:
+    ari = np.array([r["choices"][name]["ari"] for r in results])
+    oracle = np.array([r["oracle_ari"] for r in results])
+    k_error = np.array([abs(r["choices"][name]["k"] - r["world"]["k"]) for r in results])
+    return {
+        "worlds": len(results),
+        "ari_mean": float(ari.mean()),
+        "ari_median": float(np.median(ari)),
+        "oracle_gap_mean": float((oracle - ari).mean()),
+        "oracle_ratio": float(ari.mean() / oracle.mean()) if oracle.mean() > 0 else None,
+        "k_exact": float((k_error == 0).mean()),
+        "k_within_1": float((k_error <= 1).mean()),
+        "k_error_mean": float(k_error.mean()),
+        "raw_chosen": float(np.mean([r["choices"][name]["representation"] == "raw" for r in results])),
+    }
+
+
+def method_table(summary: dict, kind: str | None = None) -> str:
+    """One markdown row per method, best mean ARI first (over all worlds, or one `kind` of world)."""
+    rows = []
+    for name, figures in summary["methods"].items():
+        f = figures if kind is None else figures.get(kind)
+        if f:
+            rows.append((name, f))
+    rows.sort(key=lambda item: -item[1]["ari_mean"])
+    lines = [
+        "| method: k rule / representation | worlds | mean ARI | median ARI | oracle gap | ARI / oracle "
+        "| k exact | k ±1 | mean abs k error | raw chosen |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, f in rows:
+        ratio = "n/a" if f["oracle_ratio"] is None else f"{f['oracle_ratio']:.3f}"
+        lines.append(
+            f"| {name} | {f['worlds']} | {f['ari_mean']:.3f} | {f['ari_median']:.3f} | {f['oracle_gap_mean']:.3f} "
+            f"| {ratio} | {f['k_exact']:.0%} | {f['k_within_1']:.0%} | {f['k_error_mean']:.2f} | {f['raw_chosen']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def world_table(results: list[dict]) -> str:
+    """One row per world: what it planted and what the product chose."""
+    lines = [
+        "| seed | kind | k planted | smallest share | separation | irrelevant | oracle ARI | product: rep, algorithm, k | product ARI |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sorted(results, key=lambda r: r["world"]["seed"]):
+        w, p = r["world"], r["choices"].get(PRODUCT)
+        product = f"{p['representation']}, {p.get('algorithm', '')}, {p['k']}" if p else "n/a"
+        product_ari = f"{p['ari']:.3f}" if p else "n/a"
+        lines.append(
+            f"| {w['seed']} | {w['kind']} | {w['k']} | {w['smallest_share']:.3f} | {w['separation']:.2f} "
+            f"| {', '.join(w['irrelevant']) or '-'} | {r['oracle_ari']:.3f} | {product} | {product_ari} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(summary: dict, results: list[dict]) -> str:
+    """The whole results page (docs/quality.md is this page from the held-out seeds)."""
+    seeds = sorted(r["world"]["seed"] for r in results)
+    seconds = np.array([sum(r["seconds"].values()) for r in results]) if results else np.zeros(1)
+    parts = [
+        "# Segment quality by evidence",
+        "",
+        "Generated by `make quality` (`segment bench --quality held-out --out docs/quality.jsonl`) "
+        "(lib/segmentation/tools/bench/quality.py); do not edit by hand.",
+        "",
+        f"**{summary['worlds']} worlds**, seeds {seeds[0] if seeds else '-'}..{seeds[-1] if seeds else '-'}, "
+        "drawn from the generator family in lib/segmentation/tools/generate/worlds.py. None of these seeds "
+        "was used to choose a default (the tuning seeds are "
+        f"{TUNING_SEEDS[0]}..{TUNING_SEEDS[-1]}). Each world runs through the product's own ingest, "
+        "features, autoencoder training and embedding; then every method below chooses a representation "
+        "and k from the same evidence (k-means fits on every user of the world), and the row "
+        f"`{PRODUCT}` is the cluster stage itself with the shipped defaults (MLlib fits over every user).",
+        "",
+        "- **ARI**: adjusted Rand index of the chosen partition against the planted segments.",
+        "- **oracle**: the best ARI of any candidate partition of the world (either representation, any k of "
+        "2..max); **oracle gap** = oracle - ARI, averaged; **ARI / oracle** = mean ARI / mean oracle ARI.",
+        "- **k exact / k ±1**: share of worlds where the chosen k equals the planted k, or is within one.",
+        f"- Mean oracle ARI: {summary['oracle_ari_mean']:.3f} over all worlds"
+        + (
+            f", {summary['oracle_ari_mean_profile']:.3f} on profile worlds"
+            if summary.get("oracle_ari_mean_profile") is not None
+            else ""
+        )
+        + (
+            f", {summary['oracle_ari_mean_sequence']:.3f} on sequence worlds"
+            if summary.get("oracle_ari_mean_sequence") is not None
+            else ""
+        )
+        + f". Time per world: median {np.median(seconds):.0f} s on this machine (every stage included).",
+        "",
+        "![ARI and k error per method](quality.png)",
+        "",
+        "## All worlds",
+        "",
+        method_table(summary),
+        "",
+        "## Profile worlds (segments differ in what users do)",
+        "",
+        method_table(summary, "profile"),
+        "",
+        "## Sequence worlds (segments differ only in order and timing)",
+        "",
+        method_table(summary, "sequence"),
+        "",
+        "## Every world",
+        "",
+        world_table(results),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def plot(summary: dict, results: list[dict], path: Path) -> None:
+    """Per method (best mean ARI at the top): the ARI of its choice in every world, and its k error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(summary["methods"], key=lambda n: summary["methods"][n]["ari_mean"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 0.32 * len(names) + 2), sharey=True)
+    ari = [[r["choices"][n]["ari"] for r in results if n in r["choices"]] for n in names]
+    errors = [[r["choices"][n]["k"] - r["world"]["k"] for r in results if n in r["choices"]] for n in names]
+    left.boxplot(ari, orientation="horizontal", tick_labels=names)
+    left.set_xlabel(f"ARI against the planted segments ({len(results)} worlds)")
+    right.boxplot(errors, orientation="horizontal")
+    right.axvline(0, color="grey", linewidth=0.8)
+    right.set_xlabel("k chosen - k planted")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
