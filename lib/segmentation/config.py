@@ -335,7 +335,7 @@ class ClusteringConfig:
     stability: Literal["subsample", "seed", "off"] = "subsample"
     stability_fraction: float = 0.8
     # The evidence for k (cluster/kselect.py) is computed on a uniform driver sample of at most this many users.
-    selection_sample_rows: int = 10_000
+    selection_sample_rows: int = 5_000
     label_features: int = 3
     parallelism: int = 4
     truth_path: str | None = (

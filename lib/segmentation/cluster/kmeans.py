@@ -23,6 +23,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.mllib.common import _py2java
 from pyspark.mllib.linalg import DenseVector
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from segmentation.arrays import list_column_matrix
 from segmentation.errors import StageError
@@ -38,6 +39,18 @@ def driver_sample(vectors: DataFrame, features: str, rows: int, seed: int) -> np
         vectors = vectors.sample(fraction=rows / total, seed=seed)
     column = vectors.select(vector_to_array(features).alias("values")).toArrow().column("values")
     return list_column_matrix(column, np.float64)
+
+
+def users_sample(frame: DataFrame, rows: int, seed: int) -> DataFrame:
+    """About `rows` users of `frame` (all when there are fewer), chosen by a seeded hash of `user_id` and
+    ordered by it: the same users in the same order whatever the partitioning or file order, so what is
+    computed from the sample (the evidence for k, its resampling fits) repeats from run to run."""
+    total = frame.count()
+    if total > rows:
+        buckets = 1_000_000
+        draw = F.pmod(F.xxhash64(F.col("user_id"), F.lit(seed)), F.lit(buckets))
+        frame = frame.where(draw < F.lit(int(buckets * rows / total)))
+    return frame.orderBy("user_id")
 
 
 def best_start(sample: np.ndarray, k: int, restarts: int, seed: int) -> np.ndarray:

@@ -3,10 +3,11 @@
 Every rule here works on a driver sample of at most `clustering.selection_sample_rows` users (a uniform
 sample; all users when there are fewer), because each refits k-means many times: prediction strength
 (Tibshirani & Walther 2005) fits both halves of random splits, the gap statistic (Tibshirani, Walther &
-Hastie 2001) fits reference data sets, and clusterboot (Hennig 2007) fits bootstrap resamples. On a
-sample of 10,000 users a fit takes tens of milliseconds, so the evidence for twelve values of k costs
-seconds to a minute and does not grow with the number of users. The partitions themselves are then
-fitted over every user with MLlib (cluster/fit.py).
+Hastie 2001) fits reference data sets, and clusterboot (Hennig 2007) fits bootstrap resamples. The
+sample (5,000 users by default) bounds the cost whatever the number of users: clusterboot for k 2..12
+on one representation takes about half a minute on two cores. The segments themselves are then fitted
+over every user with MLlib (cluster/fit.py). The resamples per k are few (4 halvings, 8 references, 8
+bootstraps), so the figures carry noise of a few hundredths; `k_evidence` keeps them all.
 
 Rules (`clustering.k_rule`), each choosing one k per representation from the figures of every k:
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segmentation.errors import ConfigError
+from segmentation.errors import ConfigError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ def choose(
     threshold rule, the smallest k is taken and the reason says so."""
     by_k = {f.k: f for f in figures}
     allowed = [k for k in sorted(ks) if k in by_k]
+    if not allowed:
+        raise StageError(f"cluster: no k of {sorted(ks)} could be fitted on the sample: lower clustering.k")
     if rule == "silhouette":
         best = max(allowed, key=lambda k: by_k[k].silhouette or -1.0)
         return KChoice(best, f"highest sample silhouette ({by_k[best].silhouette:.3f})", list(figures))

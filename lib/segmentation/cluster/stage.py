@@ -24,7 +24,7 @@ from segmentation.cluster import kselect
 from segmentation.cluster.density import DensityModel
 from segmentation.cluster.evaluate import REPRESENTATIONS, Evaluation, evaluate_partition, log_evaluation
 from segmentation.cluster.fit import apply_model, fit, vector_column
-from segmentation.cluster.kmeans import driver_sample
+from segmentation.cluster.kmeans import users_sample
 from segmentation.cluster.metrics import centroids, with_distance
 from segmentation.cluster.profiles import build_profiles, feature_columns, profile_schema, segment_sums
 from segmentation.cluster.selection import select
@@ -110,9 +110,15 @@ def _k_by_evidence(ctx: StageContext, points: DataFrame) -> dict[str, kselect.KC
         return None
     rules = {cfg.k_rule, "clusterboot"}
     choices, rows = {}, []
+    ctx.describe("cluster: sample for the evidence for k")
+    table = (
+        users_sample(points, cfg.selection_sample_rows, cfg.seed)
+        .select(*[vector_to_array(vector_column(r)).alias(r) for r in REPRESENTATIONS])
+        .toArrow()
+    )
     for representation in REPRESENTATIONS:
         ctx.describe(f"cluster: evidence for k on {representation}")
-        sample = driver_sample(points, vector_column(representation), cfg.selection_sample_rows, cfg.seed)
+        sample = list_column_matrix(table.column(representation), np.float64)
         figures = kselect.evidence(sample, cfg.k, sorted(rules), cfg.seed)
         choice = kselect.choose(figures, cfg.k_rule, cfg.k, cfg.ps_threshold)
         log.info("cluster: %s k=%d by %s: %s", representation, choice.k, cfg.k_rule, choice.reason)
@@ -275,9 +281,7 @@ def segment_jaccard(model, points: DataFrame, chosen: Evaluation, cfg) -> dict[i
     if isinstance(model, DensityModel):
         log.info("cluster: no bootstrap Jaccard for hdbscan segments (it is defined by k-means refits)")
         return {}
-    total = points.count()
-    rows = cfg.selection_sample_rows
-    sample = points if total <= rows else points.sample(fraction=rows / total, seed=cfg.seed)
+    sample = users_sample(points, cfg.selection_sample_rows, cfg.seed)
     column = vector_column(chosen.representation)
     table = (
         apply_model(model, sample, column)

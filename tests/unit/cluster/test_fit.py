@@ -9,7 +9,7 @@ from pyspark.ml.functions import array_to_vector
 from sklearn.cluster import KMeans as LocalKMeans
 
 from segmentation.cluster.fit import apply_model, fit
-from segmentation.cluster.kmeans import driver_sample
+from segmentation.cluster.kmeans import driver_sample, users_sample
 
 
 @pytest.fixture
@@ -61,3 +61,16 @@ def test_driver_sample_is_bounded(spark):
     assert 800 <= len(sample) <= 1200
     assert (sample[:, 1] == 1.0).all() and len(np.unique(sample[:, 0])) == len(sample)
     assert len(driver_sample(frame.limit(300), "vector", 1000, seed=7)) == 300
+
+
+def test_users_sample_is_the_same_users_in_the_same_order_however_partitioned(spark):
+    users = spark.createDataFrame([(f"u{i:05d}", float(i)) for i in range(5000)], "user_id string, x double")
+
+    def ids(frame, rows, seed=7):
+        return [r.user_id for r in users_sample(frame, rows, seed).collect()]
+
+    one, many = ids(users.repartition(1), 1000), ids(users.repartition(7), 1000)
+    assert one == many == sorted(one)
+    assert 850 <= len(one) <= 1150  # about `rows`, by hash
+    assert ids(users, 1000, seed=8) != one  # another seed, other users
+    assert ids(users.repartition(3), 10_000) == sorted(f"u{i:05d}" for i in range(5000))  # all when fewer

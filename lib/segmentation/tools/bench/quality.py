@@ -31,6 +31,7 @@ from pyspark.sql import functions as F
 from segmentation.arrays import list_column_matrix
 from segmentation.cluster import kselect
 from segmentation.cluster.density import NOISE, fit_density
+from segmentation.cluster.kmeans import users_sample
 from segmentation.config import Config, InputConfig
 from segmentation.errors import StageError
 from segmentation.pipeline import run_in_context
@@ -193,10 +194,7 @@ def sample(
         .join(ctx.store.read(USER_FEATURES).select("user_id", F.col("features").alias("raw")), "user_id")
         .join(truth, "user_id")
     )
-    total = frame.count()
-    if total > rows:
-        frame = frame.sample(fraction=rows / total, seed=seed)
-    table = frame.orderBy("user_id").toArrow()
+    table = users_sample(frame, rows, seed).toArrow()  # the users the cluster stage samples
     matrices = {rep: list_column_matrix(table.column(rep), np.float64) for rep in REPRESENTATIONS}
     _, labels = np.unique(table.column("segment").to_numpy(zero_copy_only=False), return_inverse=True)
     return matrices, labels
@@ -327,6 +325,62 @@ def world_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def goals(summary: dict) -> str:
+    """The issue's targets for the shipped default, each met or missed."""
+    product = summary["methods"].get(PRODUCT)
+    if not product:
+        return "## Goals\n\nThe product's own row is missing: no goal can be checked."
+    rows = [
+        ("mean ARI >= 0.95 x the oracle's", product["oracle_ratio"], 0.95),
+        ("k exact in >= 80% of worlds", product["k_exact"], 0.80),
+        ("k within ±1 in >= 95% of worlds", product["k_within_1"], 0.95),
+    ]
+    lines = [
+        "## Goals (the shipped default, all worlds)",
+        "",
+        "| goal | measured | met |",
+        "| --- | --- | --- |",
+    ]
+    for goal, value, bound in rows:
+        met = value is not None and value >= bound
+        lines.append(
+            f"| {goal} | {'n/a' if value is None else f'{value:.3f}'} | {'yes' if met else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
+def representations(results: list[dict]) -> str:
+    """Per world kind: the best partition of each representation (its own oracle), how often the
+    embedding's beats raw's, and by how much."""
+    lines = [
+        "## Embedding against raw features",
+        "",
+        "Best ARI any k reached on each representation (k-means), per kind of world.",
+        "",
+        "| worlds | n | best raw (mean) | best embedding (mean) | embedding better in | mean difference (embedding - raw) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind in ("profile", "sequence", None):
+        subset = [r for r in results if kind is None or r["world"]["kind"] == kind]
+        if not subset:
+            continue
+        best = {
+            rep: np.array(
+                [
+                    max(c["ari"] for key, c in r["candidates"].items() if key.startswith(f"{rep}:"))
+                    for r in subset
+                ]
+            )
+            for rep in REPRESENTATIONS
+        }
+        difference = best["embedding"] - best["raw"]
+        lines.append(
+            f"| {kind or 'all'} | {len(subset)} | {best['raw'].mean():.3f} | {best['embedding'].mean():.3f} "
+            f"| {int((difference > 0.01).sum())} of {len(subset)} | {difference.mean():+.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(summary: dict, results: list[dict]) -> str:
     """The whole results page (docs/quality.md is this page from the held-out seeds)."""
     seeds = sorted(r["world"]["seed"] for r in results)
@@ -364,6 +418,8 @@ def markdown(summary: dict, results: list[dict]) -> str:
         "",
         "![ARI and k error per method](quality.png)",
         "",
+        goals(summary),
+        "",
         "## All worlds",
         "",
         method_table(summary),
@@ -375,6 +431,8 @@ def markdown(summary: dict, results: list[dict]) -> str:
         "## Sequence worlds (segments differ only in order and timing)",
         "",
         method_table(summary, "sequence"),
+        "",
+        representations(results),
         "",
         "## Every world",
         "",
