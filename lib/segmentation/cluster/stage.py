@@ -78,13 +78,7 @@ def run(ctx: StageContext) -> ClusterResult:
                 f"k={chosen.k} by {cfg.k_rule}: {choices[chosen.representation].reason}; "
                 + chosen.selection_reason
             )
-        log.info(
-            "cluster: %s %s k=%d %s",
-            chosen.representation,
-            chosen.algorithm,
-            chosen.k,
-            chosen.selection_reason,
-        )
+        log.info("cluster: %s %s: %s", chosen.representation, chosen.algorithm, chosen.selection_reason)
         baseline = results[select(results, cfg, candidates=["raw"]).index]  # reported even as a candidate
         rows = [r.row(ctx.run_id) for r in results]
         frame = ctx.spark.createDataFrame(rows, CLUSTERING_EVALUATION_SCHEMA)

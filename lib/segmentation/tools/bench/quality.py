@@ -455,7 +455,8 @@ def plot(summary: dict, results: list[dict], path: Path) -> None:
     errors = [[r["choices"][n]["k"] - r["world"]["k"] for r in results if n in r["choices"]] for n in names]
     left.boxplot(ari, orientation="horizontal", tick_labels=names)
     left.set_xlabel(f"ARI against the planted segments ({len(results)} worlds)")
-    right.boxplot(errors, orientation="horizontal")
+    right.boxplot(errors, orientation="horizontal", tick_labels=names)  # shared axis: the same labels
+    right.tick_params(labelleft=False)
     right.axvline(0, color="grey", linewidth=0.8)
     right.set_xlabel("k chosen - k planted")
     fig.tight_layout()
