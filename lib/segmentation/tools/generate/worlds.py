@@ -219,6 +219,11 @@ def _profile_events(world: World, segment: np.ndarray, rng: np.random.Generator)
     within = pd.Series(rng.exponential(120.0, m)).groupby(session_index).cumsum().to_numpy()
     seconds = start[session_index] + within
     price = np.exp(log_price[user] + rng.normal(0, 0.3, m))
+    return _events(user, seconds, etype, category, device, price)
+
+
+def _events(user, seconds, etype, category, device, price) -> dict:
+    """One world's events as columns (event order): what `_render` writes in the world's schema."""
     return {
         "user": user,
         "seconds": seconds,
@@ -271,14 +276,7 @@ def _sequence_events(world: World, segment: np.ndarray, rng: np.random.Generator
     category = _draw_rows(np.tile(_softmax(rng.normal(0, 1, world.categories)), (m, 1)), rng)
     device = _draw_rows(np.tile(np.array([0.6, 0.3, 0.1]), (m, 1)), rng)
     price = np.exp(3.5 + rng.normal(0, 0.5, m))
-    return {
-        "user": user,
-        "seconds": seconds,
-        "type": etype,
-        "category": category,
-        "device": device,
-        "price": price,
-    }
+    return _events(user, seconds, etype, category, device, price)
 
 
 def _render(events: dict, schema: Schema) -> list[str]:
