@@ -110,6 +110,20 @@ class ArtifactPaths:
     def checkpoint(self, run_id: str) -> Path:
         return self.root / "checkpoints" / path_component(run_id) / "checkpoint.pt"
 
+    def refined_model(self, run_id: str) -> Path:
+        """The IDEC-refined autoencoder (with its centres) a cluster run trained."""
+        return self.root / "refined" / path_component(run_id) / "model.pt"
+
+    def refine_checkpoint(self, run_id: str) -> Path:
+        return self.root / "checkpoints" / path_component(run_id) / "refine.pt"
+
+    def sequence_model(self, run_id: str) -> Path:
+        """The sequence encoder a `sequence` run trained."""
+        return self.root / "sequence" / path_component(run_id) / "model.pt"
+
+    def sequence_checkpoint(self, run_id: str) -> Path:
+        return self.root / "checkpoints" / path_component(run_id) / "sequence.pt"
+
     @property
     def segmenters(self) -> Path:
         """Fitted segmentation models (one per cluster run) and the CURRENT pointer `assign` follows."""

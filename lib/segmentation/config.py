@@ -296,6 +296,57 @@ class EmbedConfig:
 
 
 @dataclass
+class SequenceConfig:
+    """The `sequence` representation (stage `sequence`, built when `clustering.candidates` names it): a
+    GRU over each user's last `max_events` events, trained contrastively through TorchDistributor with
+    `training.*`'s processes, feeder, batch and seed, and applied to every user in Spark tasks."""
+
+    max_events: int = 64
+    # The token fields the encoder reads (user_sequences keeps them all). Not the hour by default: it is
+    # a habit the raw features already carry, and on the lab's tuning worlds the contrastive objective
+    # matched a user's two halves by it (each user's own hour) instead of by how the user behaves.
+    inputs: list[Literal["event_type", "category", "hour", "gap", "value", "position"]] = field(
+        default_factory=lambda: ["event_type", "category", "gap", "value", "position"]
+    )
+    epochs: int = 20
+    # Per process; grown only past max_steps_per_epoch steps an epoch. Contrastive training needed
+    # far more optimizer steps than the autoencoder's (see tests/unit/train/test_sequence_encoder.py).
+    batch_size: int = 64
+    max_steps_per_epoch: int = 200
+    hidden_size: int = 32
+    field_dim: int = 8
+    learning_rate: float = 0.002
+    temperature: float = 0.1
+
+    def validate(self) -> None:
+        _require(self.max_events >= 2, "sequence.max_events", "must be at least 2")
+        _require("event_type" in self.inputs, "sequence.inputs", "must hold event_type (it marks events)")
+        _require(self.epochs >= 1, "sequence.epochs", "must be at least 1")
+        _require(self.batch_size >= 2, "sequence.batch_size", "must be at least 2 (the negatives)")
+        _require(self.max_steps_per_epoch >= 1, "sequence.max_steps_per_epoch", "must be at least 1")
+        _require(self.hidden_size >= 1, "sequence.hidden_size", "must be at least 1")
+        _require(self.field_dim >= 1, "sequence.field_dim", "must be at least 1")
+        _require(self.learning_rate > 0, "sequence.learning_rate", "must be positive")
+        _require(self.temperature > 0, "sequence.temperature", "must be positive")
+
+
+@dataclass
+class IdecConfig:
+    """The `idec` representation: the autoencoder and the embedding's k-means centres (at the k the
+    evidence chose for the embedding) trained together, through TorchDistributor, on reconstruction +
+    `gamma` x KL(P || Q) (cluster/refine.py)."""
+
+    epochs: int = 20
+    gamma: float = 0.1
+    learning_rate: float = 0.001
+
+    def validate(self) -> None:
+        _require(self.epochs >= 1, "clustering.idec.epochs", "must be at least 1")
+        _require(self.gamma > 0, "clustering.idec.gamma", "must be positive")
+        _require(self.learning_rate > 0, "clustering.idec.learning_rate", "must be positive")
+
+
+@dataclass
 class ClusteringConfig:
     k: list[int] = field(default_factory=lambda: list(range(2, 13)))
     algorithms: list[Literal["kmeans", "bisecting_kmeans", "gaussian_mixture", "hdbscan"]] = field(
@@ -327,7 +378,12 @@ class ClusteringConfig:
     # `metric`: MLlib fits at every k, the best selection_metric wins.
     k_rule: Literal["prediction_strength", "gap", "clusterboot", "silhouette", "metric"] = "clusterboot"
     ps_threshold: float = 0.8  # prediction_strength: the largest k reaching this
-    candidates: list[Literal["embedding", "raw"]] = field(default_factory=lambda: ["embedding", "raw"])
+    # idec by default: on the lab's tuning worlds the default with it chose better (docs/quality.md);
+    # sequence is opt-in (it lost on the lab's sequence worlds)
+    candidates: list[Literal["embedding", "raw", "idec", "sequence"]] = field(
+        default_factory=lambda: ["embedding", "raw", "idec"]
+    )
+    idec: IdecConfig = field(default_factory=IdecConfig)
     min_segment_share: float = 0.01
     min_stability: float = 0.6
     # stability_ari compares each fit with a refit on a random `stability_fraction` of the users under
@@ -361,6 +417,12 @@ class ClusteringConfig:
             self.selection_sample_rows >= 500, "clustering.selection_sample_rows", "must be at least 500"
         )
         _require(self.label_features >= 1, "clustering.label_features", "must be at least 1")
+        self.idec.validate()
+        if set(self.candidates) == {"idec"} and self.k_rule == "metric":
+            raise ConfigError(
+                "config key 'clustering.candidates' idec refines the embedding at the k its evidence "
+                "chose, which k_rule metric does not compute: add another candidate or set another k_rule"
+            )
         if self.selection_metric == "silhouette" and len(set(self.candidates)) > 1:
             raise ConfigError(
                 "config key 'clustering.selection_metric' silhouette cannot compare representations "
@@ -458,6 +520,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)

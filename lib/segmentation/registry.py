@@ -61,9 +61,16 @@ STAGES: tuple[Stage, ...] = (
         writes=(t.USER_EMBEDDINGS,),
     ),
     Stage(
+        "sequence",
+        "each user's last events -> a contrastive sequence encoder (TorchDistributor) and its "
+        "embeddings; only when clustering.candidates names sequence",
+        reads=(t.EVENTS_SILVER, t.USER_FEATURES, "scaling statistics"),
+        writes=(t.USER_SEQUENCES, t.USER_SEQUENCE_EMBEDDINGS, "sequence model"),
+    ),
+    Stage(
         "cluster",
         "embeddings and features -> evaluated candidate segmentations, the selected one written",
-        reads=(t.USER_EMBEDDINGS, t.USER_FEATURES),
+        reads=(t.USER_EMBEDDINGS, t.USER_FEATURES, t.USER_SEQUENCE_EMBEDDINGS, "model"),
         writes=(
             t.USER_SEGMENTS,
             t.SEGMENT_CENTROIDS,

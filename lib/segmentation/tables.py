@@ -12,6 +12,8 @@ EVENTS_SILVER = "events_silver"
 EVENTS_QUARANTINE = "events_quarantine"
 USER_FEATURES = "user_features"
 USER_EMBEDDINGS = "user_embeddings"
+USER_SEQUENCES = "user_sequences"
+USER_SEQUENCE_EMBEDDINGS = "user_sequence_embeddings"
 USER_SEGMENTS = "user_segments"
 SEGMENT_CENTROIDS = "segment_centroids"
 SEGMENT_PROFILES = "segment_profiles"
@@ -25,6 +27,8 @@ ALL_TABLES = (
     EVENTS_QUARANTINE,
     USER_FEATURES,
     USER_EMBEDDINGS,
+    USER_SEQUENCES,
+    USER_SEQUENCE_EMBEDDINGS,
     USER_SEGMENTS,
     SEGMENT_CENTROIDS,
     SEGMENT_PROFILES,

@@ -60,9 +60,10 @@ def test_bench_smoke(tmp_path, capsys):
     assert "arrow" in results["train_ratio_by_feeder"]
     assert 0 <= results["ari_selected"] <= 1
     assert "per-user aggregation and scaling statistics" in results["features_phase_seconds"]
-    stages = {"ingest", "features", "train", "embed", "cluster", "report"}
+    stages = {"ingest", "features", "train", "embed", "sequence", "cluster", "report"}
     assert set(results["cluster_stage_seconds"]) == stages  # the same logs on the standalone cluster
-    assert set(results["cluster_stage_ratio_vs_local"]) == stages
+    # sequence skips (not a candidate) and may take no measurable time to compare
+    assert stages - {"sequence"} <= set(results["cluster_stage_ratio_vs_local"]) <= stages
     table = out.with_suffix(".md").read_text()
     assert "| `embed_ratio_vs_torch` |" in table and "cores" in table
     assert all(t["met"] in (True, False, None) for t in results["targets"].values())
@@ -84,22 +85,26 @@ def test_quality_lab_smoke(tmp_path, capsys):
         "bench.quality_users=600",
         "bench.quality_max_k=4",
         "training.epochs=2",
+        "sequence.epochs=1",
         "clustering.algorithms=[kmeans]",
     ):
         args += ["--set", item]
     assert main(args) == 0
     (world,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert world["world"]["seed"] == 1000 and world["users_sampled"] == 600
-    from segmentation.tools.bench.quality import PRODUCT, methods
+    from segmentation.tools.bench.quality import ALL_FOUR, IDEC_ALONE, PRODUCT, SEQUENCE_ALONE, methods
 
     density = {"hdbscan/raw", "hdbscan/embedding"}
-    assert set(world["choices"]) == set(methods()) | {PRODUCT} | density
+    ends = {PRODUCT, ALL_FOUR, IDEC_ALONE, SEQUENCE_ALONE}  # the cluster stage's own fits
+    assert set(world["choices"]) == set(methods()) | ends | density
     assert all(-1 <= c["ari"] <= 1 for c in world["choices"].values())
     assert all(2 <= c["k"] <= 4 for name, c in world["choices"].items() if name not in density)
     # the oracle is the best of the candidates every method chooses from (the product fits its own)
     assert all(
-        c["ari"] <= world["oracle_ari"] + 1e-9 for name, c in world["choices"].items() if name != PRODUCT
+        c["ari"] <= world["oracle_ari"] + 1e-9 for name, c in world["choices"].items() if name not in ends
     )
+    assert world["choices"][IDEC_ALONE]["representation"] == "idec"
+    assert world["choices"][SEQUENCE_ALONE]["representation"] == "sequence"
     page = out.with_suffix(".md").read_text()
     assert "**1 worlds**, seeds 1000..1000" in page and f"| {PRODUCT} | 1 |" in page
     assert out.with_suffix(".png").stat().st_size > 0

@@ -29,6 +29,9 @@ SETTINGS = (
     "training.epochs=8",
     "training.batch_size=32",
     "training.tracking=false",
+    # every stage runs on the cluster, the sequence encoder's too (its training through TorchDistributor)
+    "clustering.candidates=[embedding, raw, idec, sequence]",
+    "sequence.epochs=3",
 )
 
 
@@ -65,7 +68,7 @@ def test_readme_command_runs_the_pipeline_on_the_cluster(spark, standalone_clust
     store = open_store(spark, cfg.storage)
     runs = {r.stage: r for r in store.read(PIPELINE_RUNS).where(F.col("run_id") == run_id).collect()}
     assert {s: r.status for s, r in runs.items()} == {
-        s: "success" for s in ("ingest", "features", "train", "embed", "cluster", "report")
+        s: "success" for s in ("ingest", "features", "train", "embed", "sequence", "cluster", "report")
     }
     for name in ALL_TABLES:
         assert store.exists(name), name

@@ -76,6 +76,7 @@ def test_the_pipeline_is_the_registered_stages_in_data_flow_order():
         "features",
         "train",
         "embed",
+        "sequence",
         "cluster",
         "report",
     ]

@@ -3,7 +3,10 @@ segment_profiles, clustering_evaluation, and the fitted segmenter `assign` score
 
 Every (representation, algorithm, k) is fitted with MLlib on the same cached vectors and evaluated in
 its own space and in the common raw-feature space; `selection.select` picks the segmentation by the
-configured rule and records why every other partition lost.
+configured rule and records why every other partition lost. The representations are the embedding and
+the scaled raw features; where `clustering.candidates` names them, the sequence encoder's embedding
+(stage `sequence`) and the IDEC refinement of the embedding (cluster/refine.py), which needs the
+embedding's chosen k and so is trained here.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ from segmentation.cluster.fit import apply_model, fit, vector_column
 from segmentation.cluster.kmeans import users_sample
 from segmentation.cluster.metrics import centroids, with_distance
 from segmentation.cluster.profiles import build_profiles, feature_columns, profile_schema, segment_sums
+from segmentation.cluster.refine import REPRESENTATION as IDEC
+from segmentation.cluster.refine import refine, refined_embedding
 from segmentation.cluster.selection import select
 from segmentation.errors import StageError
+from segmentation.sequence.stage import REPRESENTATION as SEQUENCE
 from segmentation.stage import StageContext, StageResult, summary_field
 from segmentation.storage import TableStore
 from segmentation.tables import (
@@ -41,6 +47,7 @@ from segmentation.tables import (
     USER_EMBEDDINGS,
     USER_FEATURES,
     USER_SEGMENTS,
+    USER_SEQUENCE_EMBEDDINGS,
 )
 
 log = logging.getLogger(__name__)
@@ -58,13 +65,32 @@ def run(ctx: StageContext) -> ClusterResult:
     embeddings = ctx.store.read_or_fail(USER_EMBEDDINGS, "cluster")
     features = ctx.store.read_or_fail(USER_FEATURES, "cluster")
     truth = planted_truth(ctx)
-    points = cached_points(embeddings, features, truth, ctx.spark.sparkContext.defaultParallelism)
+    cores = ctx.spark.sparkContext.defaultParallelism
+    extra = {}
+    if SEQUENCE in cfg.candidates:
+        extra[SEQUENCE] = ctx.store.read_or_fail(USER_SEQUENCE_EMBEDDINGS, "cluster (sequence candidate)")
+    points = cached_points(embeddings, features, truth, cores, extra)
     try:
         n_users = points.count()
         if n_users < max(cfg.k):
             raise StageError(f"{n_users} users cannot make {max(cfg.k)} segments: lower clustering.k")
-        choices = _k_by_evidence(ctx, points)
-        results, models = _sweep(ctx, points, truth is not None, _candidates(cfg, choices))
+        if extra and n_users != embeddings.count():
+            raise StageError(
+                f"user_sequence_embeddings covers {n_users} of the {embeddings.count()} embedded users: "
+                "run `segment sequence` on the current features"
+            )
+        representations = [*REPRESENTATIONS, *extra]
+        choices, samples = _k_by_evidence(ctx, points, representations)
+        if IDEC in cfg.candidates and choices is None:
+            log.warning(
+                "cluster: idec skipped: it refines the embedding at the k evidence chose (k_rule metric)"
+            )
+        elif IDEC in cfg.candidates:
+            points = _add_idec(ctx, points, embeddings, features, choices, samples["embedding"], cores)
+            representations.append(IDEC)
+        _write_evidence(ctx, choices)
+        candidates = _candidates(cfg, choices, representations)
+        results, models = _sweep(ctx, points, truth is not None, candidates)
         if choices:
             for result in results:
                 result.attach_evidence(cfg.k_rule, choices[result.representation])
@@ -95,57 +121,109 @@ def run(ctx: StageContext) -> ClusterResult:
     )
 
 
-def _k_by_evidence(ctx: StageContext, points: DataFrame) -> dict[str, kselect.KChoice] | None:
+def _evidence_sample(points: DataFrame, representations, cfg) -> dict[str, np.ndarray]:
+    """The same bounded sample of users (`clustering.selection_sample_rows`) in each representation."""
+    table = (
+        users_sample(points, cfg.selection_sample_rows, cfg.seed)
+        .select(*[vector_to_array(vector_column(r)).alias(r) for r in representations])
+        .toArrow()
+    )
+    return {r: list_column_matrix(table.column(r), np.float64) for r in representations}
+
+
+def _k_by_evidence(
+    ctx: StageContext, points: DataFrame, representations: list[str]
+) -> tuple[dict[str, kselect.KChoice] | None, dict[str, np.ndarray]]:
     """Each representation's k by `clustering.k_rule` from the evidence of every k of `clustering.k` on
-    a driver sample (None under k_rule `metric`), written to k_evidence. Bootstrap Jaccard is always
+    a driver sample (None under k_rule `metric`), and that sample. Bootstrap Jaccard is always
     computed: it is the per-segment stability the profiles report."""
     cfg = ctx.cfg.clustering
     if cfg.k_rule == "metric":
-        return None
-    rules = {cfg.k_rule, "clusterboot"}
-    choices, rows = {}, []
+        return None, {}
     ctx.describe("cluster: sample for the evidence for k")
-    table = (
-        users_sample(points, cfg.selection_sample_rows, cfg.seed)
-        .select(*[vector_to_array(vector_column(r)).alias(r) for r in REPRESENTATIONS])
-        .toArrow()
-    )
-    for representation in REPRESENTATIONS:
+    samples = _evidence_sample(points, representations, cfg)
+    choices = {}
+    for representation, sample in samples.items():
         ctx.describe(f"cluster: evidence for k on {representation}")
-        sample = list_column_matrix(table.column(representation), np.float64)
-        figures = kselect.evidence(sample, cfg.k, sorted(rules), cfg.seed)
-        choice = kselect.choose(figures, cfg.k_rule, cfg.k, cfg.ps_threshold)
-        log.info("cluster: %s k=%d by %s: %s", representation, choice.k, cfg.k_rule, choice.reason)
-        choices[representation] = choice
-        rows += [
-            (
-                ctx.run_id,
-                representation,
-                f.k,
-                len(sample),
-                f.inertia,
-                f.silhouette,
-                f.prediction_strength,
-                f.gap,
-                f.gap_se,
-                f.jaccard_min,
-                f.jaccard_mean,
-                f.k == choice.k,
-                cfg.k_rule,
-                choice.reason if f.k == choice.k else None,
-            )
-            for f in figures
-        ]
+        figures = kselect.evidence(sample, cfg.k, sorted({cfg.k_rule, "clusterboot"}), cfg.seed)
+        choices[representation] = kselect.choose(figures, cfg.k_rule, cfg.k, cfg.ps_threshold)
+        log.info(
+            "cluster: %s k=%d by %s: %s",
+            representation,
+            choices[representation].k,
+            cfg.k_rule,
+            choices[representation].reason,
+        )
+    return choices, samples
+
+
+def _add_idec(
+    ctx: StageContext,
+    points: DataFrame,
+    embeddings: DataFrame,
+    features: DataFrame,
+    choices: dict[str, kselect.KChoice],
+    sample: np.ndarray,
+    cores: int,
+) -> DataFrame:
+    """`points` with the idec representation: the autoencoder behind the embeddings refined from the
+    embedding's k-means centres at its chosen k, applied to every user. Its k is that k (the one it was
+    trained for); its evidence at that k (bootstrap Jaccard) joins `choices`. `sample` is the evidence
+    sample of the embedding. Unpersists `points`."""
+    cfg = ctx.cfg.clustering
+    version = embeddings.select("model_version").head()[0]
+    model = refine(ctx, ctx.paths.model(version), sample, choices["embedding"])
+    refined = refined_embedding(features, model, ctx.cfg.embed.method)
+    joined = points.join(refined, "user_id").withColumn(vector_column(IDEC), array_to_vector(IDEC))
+    out = spread(joined, cores)
+    k = choices["embedding"].k
+    try:
+        figures = kselect.evidence(_evidence_sample(out, [IDEC], cfg)[IDEC], [k], ["clusterboot"], cfg.seed)
+    except BaseException:
+        out.unpersist()
+        raise
+    points.unpersist()
+    choices[IDEC] = kselect.KChoice(k, "the embedding's k, which the refinement was trained for", figures)
+    return out
+
+
+def _write_evidence(ctx: StageContext, choices: dict[str, kselect.KChoice] | None) -> None:
+    """Every representation's figures for every k it was scored at, to k_evidence (this run's rows
+    replaced)."""
+    if choices is None:
+        return
+    rule = ctx.cfg.clustering.k_rule
+    rows = [
+        (
+            ctx.run_id,
+            representation,
+            f.k,
+            0 if f.labels is None else len(f.labels),
+            f.inertia,
+            f.silhouette,
+            f.prediction_strength,
+            f.gap,
+            f.gap_se,
+            f.jaccard_min,
+            f.jaccard_mean,
+            f.k == choice.k,
+            rule,
+            choice.reason if f.k == choice.k else None,
+        )
+        for representation, choice in choices.items()
+        for f in choice.evidence
+    ]
     frame = ctx.spark.createDataFrame(rows, K_EVIDENCE_SCHEMA)
     ctx.store.replace_where(frame, K_EVIDENCE, "run_id", [ctx.run_id])
-    return choices
 
 
-def _candidates(cfg, choices: dict[str, kselect.KChoice] | None) -> list[tuple[str, str, int | None]]:
+def _candidates(
+    cfg, choices: dict[str, kselect.KChoice] | None, representations
+) -> list[tuple[str, str, int | None]]:
     """(representation, algorithm, k) to fit: every k of clustering.k under k_rule `metric`, else each
     representation's chosen k; hdbscan once per representation (k None: it finds its own)."""
     out: list[tuple[str, str, int | None]] = []
-    for r in REPRESENTATIONS:
+    for r in representations:
         for a in cfg.algorithms:
             if a == "hdbscan":
                 out.append((r, a, None))
@@ -179,21 +257,33 @@ def _sweep(
 
 
 def cached_points(
-    embeddings: DataFrame, features: DataFrame, truth: DataFrame | None, cores: int
+    embeddings: DataFrame,
+    features: DataFrame,
+    truth: DataFrame | None,
+    cores: int,
+    extra: dict[str, DataFrame] | None = None,
 ) -> DataFrame:
-    """One row per user with every representation (`embedding`, `raw`: arrays, and their vectors) and,
-    for generated data, the planted `segment`: joined once and cached for the whole sweep, so no
-    candidate joins or re-reads anything; spread over at least every core."""
+    """One row per user with every representation (`embedding`, `raw` and each of `extra`'s, from its
+    `embedding` column: arrays, and their vectors) and, for generated data, the planted `segment`:
+    joined once and cached for the whole sweep, so no candidate joins or re-reads anything; spread
+    over at least every core."""
     frame = embeddings.select("user_id", F.col("embedding").alias("embedding")).join(
         features.select("user_id", F.col("features").alias("raw")), "user_id"
     )
+    for name, table in (extra or {}).items():
+        frame = frame.join(table.select("user_id", F.col("embedding").alias(name)), "user_id")
     if truth is not None:
         frame = frame.join(truth, "user_id", "left")
-    for representation in REPRESENTATIONS:
+    for representation in [*REPRESENTATIONS, *(extra or {})]:
         frame = frame.withColumn(vector_column(representation), array_to_vector(representation))
-    # Partitioned by user and sorted: the fits sample and iterate over the same rows in the same order
-    # whatever order the table's files are listed in (a round-robin spread made k-means starts and
-    # Gaussian mixtures differ from one read of the same table to the next).
+    return spread(frame, cores)
+
+
+def spread(frame: DataFrame, cores: int) -> DataFrame:
+    """`frame` partitioned by user over at least every core, sorted within partitions, cached: the fits
+    sample and iterate over the same rows in the same order whatever order the table's files are listed
+    in (a round-robin spread made k-means starts and Gaussian mixtures differ from one read of the same
+    table to the next)."""
     partitions = max(cores, frame.rdd.getNumPartitions())
     return frame.repartition(partitions, "user_id").sortWithinPartitions("user_id").cache()
 
@@ -333,6 +423,16 @@ def published_run(store: TableStore) -> str:
     return next(iter(runs.values()))
 
 
+def _encoder(ctx: StageContext, representation: str) -> str | None:
+    """The model file a representation other than the autoencoder's embedding and raw comes from."""
+    if representation == IDEC:
+        return str(ctx.paths.refined_model(ctx.run_id))
+    if representation == SEQUENCE:
+        version = ctx.store.read(USER_SEQUENCE_EMBEDDINGS).select("model_version").head()[0]
+        return str(ctx.paths.sequence_model(version))
+    return None
+
+
 def _save_segmenter(
     ctx: StageContext, model, chosen: Evaluation, embeddings: DataFrame, features: DataFrame
 ) -> None:
@@ -350,6 +450,8 @@ def _save_segmenter(
         "algorithm": chosen.algorithm,
         "k": chosen.k,
         "autoencoder_version": embeddings.select("model_version").head()[0],
+        # the encoder `assign` applies before the model where it is not the autoencoder above
+        "encoder": _encoder(ctx, chosen.representation),
         "features_run_id": features.select("run_id").head()[0],
     }
     atomic_write_text(directory / "segmenter.json", json.dumps(manifest, indent=2))

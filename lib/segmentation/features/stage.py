@@ -44,7 +44,7 @@ def run(ctx: StageContext) -> FeaturesResult:
         # Materialized, the bot list has a known size: under spark.sql.autoBroadcastJoinThreshold
         # (10 MB, ~300k ids) Spark broadcasts it, so no event is shuffled or sorted for the anti-join
         # and the vocabulary's counts combine before their shuffle.
-        events = _window(silver.join(bots, "user_id", "left_anti"), as_of, cfg.lookback_days)
+        events = window(silver.join(bots, "user_id", "left_anti"), as_of, cfg.lookback_days)
         phase("vocabulary")
         vocab = vocabulary(events, cfg.top_categories, cfg.top_devices)
         specs = feature_specs(vocab)
@@ -82,7 +82,7 @@ def run(ctx: StageContext) -> FeaturesResult:
     )
 
 
-def _window(events: DataFrame, as_of: dt.datetime, lookback_days: int | None) -> DataFrame:
+def window(events: DataFrame, as_of: dt.datetime, lookback_days: int | None) -> DataFrame:
     """Events up to `as_of` and, with `lookback_days`, no older than that many days before it."""
     events = events.where(F.col("event_time") <= F.lit(as_of))
     if lookback_days:

@@ -64,7 +64,7 @@ def _k_evidence_plot(axis, evidence: list[dict]) -> None:
     """The figure of the rule that chose k, by k, per representation, the chosen k circled."""
     rule = evidence[0]["rule"]
     figure = RULE_FIGURE[rule]
-    for rep, marker in zip(sorted({e["representation"] for e in evidence}), "os^", strict=False):
+    for rep, marker in zip(sorted({e["representation"] for e in evidence}), "os^Dv<>", strict=False):
         rows = sorted((e["k"], e[figure], e["chosen"]) for e in evidence if e["representation"] == rep)
         rows = [r for r in rows if r[1] is not None]
         if not rows:
@@ -183,9 +183,10 @@ def render(
     if stages:
         parts.append("<h2>Stages</h2>" + _table(stages, STAGE_COLUMNS))
     parts.append(
-        "<h2>Clustering evaluation</h2><p>The embedding is compared with the same algorithms on the "
-        "scaled raw features (representation <code>raw</code>); the <code>_common</code> columns score every "
-        "partition in that one common space, so representations compare fairly.</p>"
+        "<h2>Clustering evaluation</h2><p>Every representation (the autoencoder's <code>embedding</code>, "
+        "the scaled raw features <code>raw</code>, and where configured <code>idec</code> and "
+        "<code>sequence</code>) is clustered with the same algorithms; the <code>_common</code> columns score "
+        "every partition in one common space, the scaled raw features, so representations compare.</p>"
     )
     parts.append(_table(evaluations, EVALUATION_COLUMNS))
     if evidence:

@@ -1,7 +1,7 @@
 """Feeders: where a training process gets its batches from (torch-free, Spark-free).
 
 A feeder gives, for one epoch, an endless iterator of float32 arrays of shape (batch, dim) holding this
-rank's share of the training rows. Endless on purpose: the trainer takes the same number of steps on
+rank's share of the training rows (one list column of a table: the features, or a sequence's tokens). Endless on purpose: the trainer takes the same number of steps on
 every rank, so ranks with uneven shards cannot leave DDP waiting at the end of an epoch. Each epoch's
 stream depends only on (seed, rank, epoch), so a run resumed at epoch N+1 sees exactly the batches an
 uninterrupted run would have.
@@ -44,6 +44,7 @@ class FeedSpec:
     batch_size: int
     seed: int
     validation_share: float = 0.0
+    column: str = COLUMN  # the list column the rows come from (features, or a sequence's tokens)
 
 
 def petastorm_available() -> bool:
@@ -99,8 +100,8 @@ class _Shard:
         self.units = units if self.share_rows else units[spec.rank :: spec.world_size]
 
     def rows(self, path: str, group: int, validation: bool) -> np.ndarray:
-        table = pq.ParquetFile(_local(path)).read_row_group(group, columns=[ID_COLUMN, COLUMN])
-        matrix = list_column_matrix(table.column(COLUMN))
+        table = pq.ParquetFile(_local(path)).read_row_group(group, columns=[ID_COLUMN, self.spec.column])
+        matrix = list_column_matrix(table.column(self.spec.column))
         held_out = is_validation(
             table.column(ID_COLUMN).to_numpy(zero_copy_only=False), self.spec.validation_share
         )
@@ -158,7 +159,7 @@ def _petastorm_chunks(spec: FeedSpec, epoch: int, endless: bool) -> Iterator[np.
     share_rows = groups < spec.world_size
     reader = make_batch_reader(
         urls,
-        schema_fields=[ID_COLUMN, COLUMN],
+        schema_fields=[ID_COLUMN, spec.column],
         num_epochs=None if endless else 1,  # endless: the trainer decides how many steps make an epoch
         cur_shard=None if share_rows else spec.rank,
         shard_count=None if share_rows else spec.world_size,
@@ -169,7 +170,7 @@ def _petastorm_chunks(spec: FeedSpec, epoch: int, endless: bool) -> Iterator[np.
     )
     with reader:
         for batch in reader:
-            column = getattr(batch, COLUMN)
+            column = getattr(batch, spec.column)
             if not len(column):
                 continue
             # petastorm hands list columns over as an object array of per-row arrays; one

@@ -29,6 +29,34 @@ def per_process_batch(min_batch: int, train_rows: int, processes: int, max_steps
 
 
 @dataclass(frozen=True)
+class RefineSpec:
+    """An IDEC-style refinement (Guo et al., 2017): a trained autoencoder and cluster centres in its
+    embedding trained jointly on reconstruction + `gamma` x KL(P || Q), where Q is the Student-t soft
+    assignment of each user to the centres and P the sharpened target (q^2 / cluster frequency, per
+    user normalized). `frequencies` are the clusters' soft sizes the first epoch's targets divide by;
+    each later epoch divides by the sizes the previous epoch measured over every rank's batches."""
+
+    init_model: str  # the autoencoder file the refinement starts from
+    centres: tuple[tuple[float, ...], ...]
+    frequencies: tuple[float, ...]
+    gamma: float
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """A sequence encoder (`train/model.py: SequenceEncoder`) trained contrastively (trainer.py:
+    `Contrastive`): two disjoint random halves of each user's recent events should embed closer to each
+    other than to the other users' halves in the batch (InfoNCE at `temperature`). Rows are
+    `max_events` x len(`cardinalities`) integer codes, 0 for padding."""
+
+    cardinalities: tuple[int, ...]  # the codes of each token field, padding excluded
+    inputs: tuple[int, ...]  # the fields the encoder reads, by index (the first, the type, marks events)
+    max_events: int
+    field_dim: int
+    temperature: float
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """One training run, as every process sees it. Built by the launcher from `training.*`; the
     `training.<name>` key of the same name documents each model and optimizer setting."""
@@ -64,6 +92,11 @@ class TrainSpec:
     checkpoint_path: str
     version: str
     scaling: dict = field(default_factory=dict)
+    # None: train an autoencoder from scratch; else refine `refine.init_model` with its centres (IDEC)
+    refine: RefineSpec | None = None
+    # set: train a sequence encoder on the `column` of the table's files instead of an autoencoder
+    sequence: SequenceSpec | None = None
+    column: str = "features"
 
     @property
     def train_rows(self) -> int:

@@ -13,11 +13,11 @@ import os
 import pickle
 import socket
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pyspark.ml.torch.distributor import TorchDistributor
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from segmentation.artifacts import publish
 from segmentation.config import TrainingConfig
@@ -54,14 +54,7 @@ def run(ctx: StageContext) -> TrainResult:
         cfg.use_gpu,
     )
     ctx.describe("train: TorchDistributor")
-    distributor = TorchDistributor(
-        num_processes=cfg.num_processes, local_mode=cfg.local_mode, use_gpu=schedules_gpus
-    )
-    # TorchDistributor prints the processes' output; it is progress, so it belongs on stderr.
-    with contextlib.redirect_stdout(sys.stderr):
-        outcome = distributor.run(_entry(shipped_packages(ctx.spark)), pickle.dumps(spec))
-    if not isinstance(outcome, TrainOutcome):
-        raise StageError("training returned no result")
+    outcome = launch(ctx.spark, cfg, spec, schedules_gpus)
     result = TrainResult(
         rows_in=spec.total_rows, driver={"host": socket.gethostname(), "pid": os.getpid()}, **asdict(outcome)
     )
@@ -90,22 +83,63 @@ def run(ctx: StageContext) -> TrainResult:
     return result
 
 
+def launch(spark: SparkSession, cfg: TrainingConfig, spec: TrainSpec, schedules_gpus: bool) -> TrainOutcome:
+    """Run `spec` in `training.num_processes` TorchDistributor processes; rank 0's outcome."""
+    distributor = TorchDistributor(
+        num_processes=cfg.num_processes, local_mode=cfg.local_mode, use_gpu=schedules_gpus
+    )
+    # TorchDistributor prints the processes' output; it is progress, so it belongs on stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        outcome = distributor.run(_entry(shipped_packages(spark)), pickle.dumps(spec))
+    if not isinstance(outcome, TrainOutcome):
+        raise StageError("training returned no result")
+    return outcome
+
+
 def plan(ctx: StageContext) -> TrainSpec:
     """The training run: the feature table's snapshot (files and rows, read through the table layer),
     its scaling statistics, and `training.*`."""
-    cfg = ctx.cfg.training
-    ctx.store.read_or_fail(USER_FEATURES, "train")
-    snapshot = ctx.store.snapshot(USER_FEATURES)
-    users = ctx.store.read(USER_FEATURES, snapshot.version)
-    total_rows = snapshot.rows if snapshot.rows is not None else users.count()
-    if total_rows == 0:
-        raise StageError("user_features is empty: nothing to train on")
+    users, files, total_rows = table_snapshot(ctx, USER_FEATURES, "train")
     scaler = Scaler.load(ctx.paths.scaling(users.select("run_id").limit(1).head()["run_id"]))
+    return spec_for(
+        ctx,
+        files,
+        total_rows,
+        tuple(scaler.feature_names),
+        ctx.paths.model(ctx.run_id),
+        ctx.paths.checkpoint(ctx.run_id),
+        scaling=asdict(scaler),
+    )
+
+
+def table_snapshot(ctx: StageContext, name: str, stage: str) -> tuple[DataFrame, tuple[str, ...], int]:
+    """A table's current snapshot as the training processes read it: the frame, its parquet files (the
+    table layer refuses files with deletion vectors, which a direct read would resurrect) and rows."""
+    ctx.store.read_or_fail(name, stage)
+    snapshot = ctx.store.snapshot(name)
+    frame = ctx.store.read(name, snapshot.version)
+    total_rows = snapshot.rows if snapshot.rows is not None else frame.count()
+    if total_rows == 0:
+        raise StageError(f"{name} is empty: nothing to train on")
+    return frame, tuple(sorted(snapshot.files)), total_rows
+
+
+def spec_for(
+    ctx: StageContext,
+    files: tuple[str, ...],
+    total_rows: int,
+    feature_names: tuple[str, ...],
+    model_path: Path,
+    checkpoint_path: Path,
+    **changes,
+) -> TrainSpec:
+    """A TrainSpec over `files` from `training.*`, with `changes` to any of its fields."""
+    cfg = ctx.cfg.training
     train_rows = training_rows(total_rows, cfg.validation_share)
-    return TrainSpec(
-        files=tuple(sorted(snapshot.files)),
+    spec = TrainSpec(
+        files=files,
         total_rows=total_rows,
-        feature_names=tuple(scaler.feature_names),
+        feature_names=feature_names,
         hidden_sizes=tuple(cfg.hidden_sizes),
         embedding_dim=cfg.embedding_dim,
         activation=cfg.activation,
@@ -123,11 +157,11 @@ def plan(ctx: StageContext) -> TrainSpec:
         feeder=cfg.feeder,
         cache_mb=cfg.cache_mb,
         use_gpu=cfg.use_gpu,
-        model_path=str(ctx.paths.model(ctx.run_id).resolve()),
-        checkpoint_path=str(ctx.paths.checkpoint(ctx.run_id).resolve()),
+        model_path=str(model_path.resolve()),
+        checkpoint_path=str(checkpoint_path.resolve()),
         version=ctx.run_id,
-        scaling=asdict(scaler),
     )
+    return replace(spec, **changes)
 
 
 def distributor_schedules_gpus(spark: SparkSession, training: TrainingConfig) -> bool:

@@ -53,6 +53,8 @@ def planted(spark, cfg):
         ),
         "user_embeddings",
     )
+    # these embeddings come from no trained autoencoder: there is nothing for idec to refine
+    cfg.clustering.candidates = ["embedding", "raw"]
     path = cfg.paths.truth
     path.mkdir(parents=True)
     (path / "part-0.json").write_text(

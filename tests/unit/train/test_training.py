@@ -13,8 +13,9 @@ from segmentation.tables import USER_FEATURES
 from segmentation.train import model as model_io
 from segmentation.train import stage as train
 from segmentation.train import trainer
-from segmentation.train.spec import TrainSpec, per_process_batch, training_rows
+from segmentation.train.spec import per_process_batch, training_rows
 from segmentation.train.tracking import tracking_uri
+from tests.unit.train.specs import tiny_spec
 
 DIM = 5
 
@@ -139,31 +140,7 @@ def test_use_gpu_on_a_cluster_needs_spark_gpu_scheduling(spark, features_table):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 def test_a_training_process_without_a_gpu_refuses_use_gpu(tmp_path):
     """No silent fall-back to CPU inside a process TorchDistributor started without a GPU."""
-    spec = TrainSpec(
-        files=(),
-        total_rows=1,
-        feature_names=("f",),
-        hidden_sizes=(2,),
-        embedding_dim=1,
-        activation="relu",
-        dropout=0.0,
-        noise_std=0.0,
-        epochs=1,
-        batch_size=1,
-        learning_rate=0.1,
-        lr_schedule="constant",
-        grad_clip=0.0,
-        validation_share=0.0,
-        patience=0,
-        stop_after_epochs=None,
-        seed=0,
-        feeder="arrow",
-        cache_mb=0,
-        use_gpu=True,
-        model_path=str(tmp_path / "m.pt"),
-        checkpoint_path=str(tmp_path / "c.pt"),
-        version="v",
-    )
+    spec = tiny_spec(tmp_path, (), ("f",), use_gpu=True)
     with pytest.raises(StageError, match="sees no CUDA device in this process"):
         trainer.train(spec)
 

@@ -41,11 +41,16 @@ from segmentation.tools.generate import worlds
 
 log = logging.getLogger(__name__)
 
-TUNING_SEEDS = tuple(range(1, 11))
+# seeds 1..10 draw only profile worlds; 11, 12, 15, 16 and 21 are the first sequence worlds after them
+TUNING_SEEDS = (*range(1, 11), 11, 12, 15, 16, 21)
 REPRESENTATIONS = ("raw", "embedding")
 CROSS = ("silhouette_common", "stability")  # how a method picks between the representations' choices
-STAGES = ("ingest", "features", "train", "embed")
+STAGES = ("ingest", "features", "train", "embed", "sequence")
 PRODUCT = "product default, end to end"  # the cluster stage as configured, MLlib fits over every user
+ALL_FOUR = "all four representations, end to end"  # embedding, raw, idec and sequence all candidates
+FOUR = ["embedding", "raw", "idec", "sequence"]
+IDEC_ALONE = "idec at the embedding's k (kmeans)"  # the refined embedding's own k-means partition
+SEQUENCE_ALONE = "sequence encoder, clusterboot k (kmeans)"
 
 
 def held_out_seeds(count: int) -> list[int]:
@@ -99,7 +104,8 @@ def measure_world(spark: SparkSession, cfg: Config, world: worlds.World, root: P
     shutil.rmtree(root, ignore_errors=True)
     raw, truth_dir = worlds.write(world, root)
     wcfg = world_config(cfg, world, root, raw, truth_dir)
-    ctx = StageContext.create(spark, wcfg)
+    four = replace(wcfg, clustering=replace(wcfg.clustering, candidates=FOUR))
+    ctx = StageContext.create(spark, four)  # the sequence stage builds only for a sequence candidate
     seconds = {}
     for name in STAGES:
         started = time.perf_counter()
@@ -128,13 +134,23 @@ def measure_world(spark: SparkSession, cfg: Config, world: worlds.World, root: P
         started = time.perf_counter()
         chosen[f"hdbscan/{rep}"] = density_choice(matrices[rep], truth, rep, wcfg.clustering)
         seconds[f"hdbscan_{rep}"] = round(time.perf_counter() - started, 1)
-    oracle = max(
-        [c["ari"] for c in candidates.values()] + [chosen[f"hdbscan/{rep}"]["ari"] for rep in REPRESENTATIONS]
-    )
-    # The product itself, end to end with the configured defaults: evidence, MLlib fits, selection.
+    # The product itself, end to end: evidence, MLlib fits, selection; as configured, and with all
+    # four representations candidates.
     started = time.perf_counter()
-    selected = run_in_context(ctx, "cluster").selected
+    selected = run_in_context(StageContext.create(spark, wcfg, ctx.run_id), "cluster").selected
     seconds["cluster"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    every = run_in_context(ctx, "cluster")
+    seconds["cluster_all_four"] = round(time.perf_counter() - started, 1)
+    deep = {
+        rep: next(e for e in every.evaluations if e.representation == rep and e.algorithm == "kmeans")
+        for rep in ("idec", "sequence")
+    }
+    oracle = max(
+        [c["ari"] for c in candidates.values()]
+        + [chosen[f"hdbscan/{rep}"]["ari"] for rep in REPRESENTATIONS]
+        + [e.ari_truth for e in deep.values()]
+    )
     return {
         "world": world.describe(),
         "users_sampled": len(truth),
@@ -158,13 +174,21 @@ def measure_world(spark: SparkSession, cfg: Config, world: worlds.World, root: P
         },
         "choices": chosen
         | {
-            PRODUCT: {
-                "representation": selected["representation"],
-                "k": selected["k"],
-                "ari": selected["ari_truth"],
-                "algorithm": selected["algorithm"],
-            }
+            PRODUCT: _product_choice(selected),
+            ALL_FOUR: _product_choice(every.selected),
+            IDEC_ALONE: _product_choice(deep["idec"].summary()),
+            SEQUENCE_ALONE: _product_choice(deep["sequence"].summary()),
         },
+    }
+
+
+def _product_choice(selected: dict) -> dict:
+    """A partition the cluster stage fitted, as the lab records a method's choice."""
+    return {
+        "representation": selected["representation"],
+        "k": selected["k"],
+        "ari": selected["ari_truth"],
+        "algorithm": selected["algorithm"],
     }
 
 
@@ -377,6 +401,44 @@ def representations(results: list[dict]) -> str:
         lines.append(
             f"| {kind or 'all'} | {len(subset)} | {best['raw'].mean():.3f} | {best['embedding'].mean():.3f} "
             f"| {int((difference > 0.01).sum())} of {len(subset)} | {difference.mean():+.3f} |"
+        )
+    return "\n".join(lines) + "\n\n" + deep_representations(results)
+
+
+def deep_representations(results: list[dict]) -> str:
+    """Per world kind: the idec and sequence partitions (k-means at the k each was given or chose)
+    against the embedding's and raw's at their clusterboot k, on the same worlds."""
+    lines = [
+        "## The deep representations at their own k",
+        "",
+        "ARI of k-means on each representation at the k it works at: raw and the embedding at their "
+        "clusterboot k (on the evidence sample), idec at the embedding's k, sequence at its clusterboot k "
+        "(both over every user); how often each deep one beats the better of raw and the embedding.",
+        "",
+        "| worlds | n | raw | embedding | idec | sequence | idec better in | sequence better in |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind in ("profile", "sequence", None):
+        subset = [
+            r for r in results if (kind is None or r["world"]["kind"] == kind) and IDEC_ALONE in r["choices"]
+        ]
+        if not subset:
+            continue
+        ari = {
+            name: np.array([r["choices"][method]["ari"] for r in subset])
+            for name, method in (
+                ("raw", "clusterboot/raw"),
+                ("embedding", "clusterboot/embedding"),
+                ("idec", IDEC_ALONE),
+                ("sequence", SEQUENCE_ALONE),
+            )
+        }
+        shallow = np.maximum(ari["raw"], ari["embedding"])
+        lines.append(
+            f"| {kind or 'all'} | {len(subset)} | {ari['raw'].mean():.3f} | {ari['embedding'].mean():.3f} "
+            f"| {ari['idec'].mean():.3f} | {ari['sequence'].mean():.3f} "
+            f"| {int((ari['idec'] > shallow + 0.01).sum())} of {len(subset)} "
+            f"| {int((ari['sequence'] > shallow + 0.01).sum())} of {len(subset)} |"
         )
     return "\n".join(lines)
 
