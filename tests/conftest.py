@@ -67,6 +67,9 @@ LAKE_SETTINGS = (
     "clustering.k=[4, 5]",
     "training.epochs=8",
     "training.batch_size=32",  # 2k users: small batches give the autoencoder enough steps
+    # every representation, so every product table exists (the sequence stage builds only for this)
+    "clustering.candidates=[embedding, raw, idec, sequence]",
+    "sequence.epochs=3",
 )
 
 

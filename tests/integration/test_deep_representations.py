@@ -33,6 +33,11 @@ def _copy(lake, tmp_path, *settings):
     )
 
 
+def _evaluation(store, run_id: str) -> list:
+    """One cluster run's clustering_evaluation rows (the copied lake holds its own run's too)."""
+    return store.read("clustering_evaluation").where(F.col("run_id") == run_id).collect()
+
+
 @pytest.mark.slow
 def test_cluster_stage_refines_the_embedding_and_can_select_it(spark, lake, tmp_path):
     cfg = _copy(
@@ -44,12 +49,14 @@ def test_cluster_stage_refines_the_embedding_and_can_select_it(spark, lake, tmp_
     result = cluster.run(StageContext.create(spark, cfg, "idec-run"))
     store = open_store(spark, cfg.storage)
 
-    evidence = {(r.representation, r.k): r for r in store.read("k_evidence").collect()}
+    evidence = {
+        (r.representation, r.k): r for r in store.read("k_evidence").where("run_id = 'idec-run'").collect()
+    }
     k = next(r.k for (rep, _), r in evidence.items() if rep == "embedding" and r.chosen)
     assert [key for key in evidence if key[0] == "idec"] == [("idec", k)]  # refined at the embedding's k
     assert evidence[("idec", k)].chosen and evidence[("idec", k)].jaccard_min is not None
 
-    rows = {r.representation: r for r in store.read("clustering_evaluation").collect()}
+    rows = {r.representation: r for r in _evaluation(store, "idec-run")}
     assert set(rows) == {"embedding", "raw", "idec"}
     assert rows["idec"].selected and rows["idec"].k == k
     assert "the embedding's k, which the refinement was trained for" in rows["idec"].selection_reason
@@ -84,8 +91,9 @@ def test_sequence_stage_embeds_every_user_and_cluster_can_select_it(spark, lake,
         lake, tmp_path, "clustering.candidates=[sequence]", "sequence.epochs=3", "sequence.max_events=16"
     )
     store = open_store(spark, cfg.storage)
+    before = store.snapshot("user_sequences").version  # the shared lake's run built it
     skipped = sequence.run(StageContext.create(spark, make_config(tmp_path), "off"))
-    assert skipped.skipped and not store.exists("user_sequences")  # not a candidate: nothing built
+    assert skipped.skipped and store.snapshot("user_sequences").version == before  # not a candidate
 
     result = sequence.run(StageContext.create(spark, cfg, "seq-run"))
     users = store.read("user_features").count()
@@ -102,10 +110,12 @@ def test_sequence_stage_embeds_every_user_and_cluster_can_select_it(spark, lake,
     assert norms.where(F.abs(F.col("n") - 1) > 1e-3).count() == 0  # unit vectors, as trained
 
     clustered = cluster.run(StageContext.create(spark, cfg, "seq-cluster"))
-    rows = {r.representation: r for r in store.read("clustering_evaluation").collect()}
+    rows = {r.representation: r for r in _evaluation(store, "seq-cluster")}
     assert set(rows) == {"embedding", "raw", "sequence"} and rows["sequence"].selected
     assert clustered.selected["representation"] == "sequence"
-    evidence = store.read("k_evidence").where("representation = 'sequence'").collect()
+    evidence = (
+        store.read("k_evidence").where("representation = 'sequence' AND run_id = 'seq-cluster'").collect()
+    )
     assert sorted(r.k for r in evidence) == [3, 4, 5, 6] and sum(r.chosen for r in evidence) == 1
     manifest = json.loads((cfg.paths.segmenter("seq-cluster") / "segmenter.json").read_text())
     assert manifest["encoder"] == str(cfg.paths.sequence_model("seq-run"))

@@ -97,15 +97,16 @@ def test_segment_run_end_to_end(spark, lake, capsys):
     assert {r.stage: r.status for r in runs.collect()} == {
         s: "success" for s in ("ingest", "features", "train", "embed", "sequence", "cluster", "report")
     }
-    sequence = json.loads(runs.where("stage = 'sequence'").head().details)
-    assert sequence["skipped"] == "clustering.candidates does not name sequence"  # opt-in
+    sequence = runs.where("stage = 'sequence'").head()
+    assert json.loads(sequence.details)["skipped"] is None  # a candidate here
+    assert sequence.rows_out == sequence.rows_in > 0  # every user of the features embedded
     ingest = runs.where("stage = 'ingest'").head()
     assert ingest.rows_in == ingest.rows_out + ingest.rows_quarantined + ingest.rows_duplicate
     assert ingest.rows_in == spark.read.text(str(root / "raw")).count()
     assert ingest.rows_quarantined > 0 and ingest.rows_duplicate > 0
 
     evaluation = store.read("clustering_evaluation").where(F.col("run_id") == run_id)
-    assert {r.representation for r in evaluation.collect()} == {"embedding", "raw", "idec"}
+    assert {r.representation for r in evaluation.collect()} == {"embedding", "raw", "idec", "sequence"}
     assert evaluation.where("selected").count() == 1
     assert evaluation.where("stability_ari IS NULL OR silhouette_common IS NULL").count() == 0
     cluster_details = json.loads(runs.where("stage = 'cluster'").head().details)

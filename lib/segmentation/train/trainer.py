@@ -9,8 +9,9 @@ best weights) atomically; TorchDistributor does not restart failed ranks, so re-
 the same run resumes after the last completed epoch. Random draws (shuffling, dropout, input noise)
 are seeded from (seed, rank, epoch), so a resumed run continues exactly as an uninterrupted one.
 
-The same loop trains the autoencoder (objective `Reconstruction`) and refines one with cluster centres
-(`ClusteringKL`, IDEC) when the spec carries a `RefineSpec`: only the model and the objective differ.
+The same loop trains the autoencoder (objective `Reconstruction`), refines one with cluster centres
+when the spec carries a `RefineSpec` (`ClusteringKL`, IDEC), and trains the sequence encoder when it
+carries a `SequenceSpec` (`Contrastive`): only the model and the objective differ.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ class Process:
 
 
 def train(spec: TrainSpec) -> TrainOutcome:
-    """Train (or refine) the autoencoder `spec` describes; rank 0 writes the model (the best epoch by
-    validation loss)."""
+    """Train the model `spec` describes (an autoencoder, its idec refinement or a sequence encoder);
+    rank 0 writes it (the best epoch by validation loss; a refinement's last epoch)."""
     import torch
 
     from segmentation.train import model as model_io

@@ -456,14 +456,18 @@ def markdown(summary: dict, results: list[dict]) -> str:
         f"**{summary['worlds']} worlds**, seeds {seeds[0] if seeds else '-'}..{seeds[-1] if seeds else '-'}, "
         "drawn from the generator family in lib/segmentation/tools/generate/worlds.py. None of these seeds "
         "was used to choose a default (the tuning seeds are "
-        f"{TUNING_SEEDS[0]}..{TUNING_SEEDS[-1]}). Each world runs through the product's own ingest, "
-        "features, autoencoder training and embedding; then every method below chooses a representation "
-        "and k from the same evidence (k-means fits on every user of the world), and the row "
-        f"`{PRODUCT}` is the cluster stage itself with the shipped defaults (MLlib fits over every user).",
+        f"{', '.join(map(str, TUNING_SEEDS))}). Each world runs through the product's own ingest, "
+        "features, autoencoder training, embedding and sequence encoder; then every method below chooses a "
+        "representation and k from the same evidence on the raw features and the embedding (k-means fits "
+        f"on every user of the world). The row `{PRODUCT}` is the cluster stage itself with the shipped "
+        f"defaults (MLlib fits over every user), `{ALL_FOUR}` the same with embedding, raw, idec and "
+        f"sequence all candidates; `{IDEC_ALONE}` and `{SEQUENCE_ALONE}` are that run's k-means "
+        "partitions of the two deep representations.",
         "",
         "- **ARI**: adjusted Rand index of the chosen partition against the planted segments.",
-        "- **oracle**: the best ARI of any candidate partition of the world (either representation, any k of "
-        "2..max); **oracle gap** = oracle - ARI, averaged; **ARI / oracle** = mean ARI / mean oracle ARI.",
+        "- **oracle**: the best ARI of any candidate partition of the world (raw or embedding at any k of "
+        "2..max, hdbscan, idec and sequence at theirs); **oracle gap** = oracle - ARI, averaged; "
+        "**ARI / oracle** = mean ARI / mean oracle ARI.",
         "- **k exact / k ±1**: share of worlds where the chosen k equals the planted k, or is within one.",
         f"- Mean oracle ARI: {summary['oracle_ari_mean']:.3f} over all worlds"
         + (
