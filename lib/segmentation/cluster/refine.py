@@ -22,7 +22,7 @@ from segmentation.embed.encoder import METHODS
 from segmentation.errors import StageError
 from segmentation.stage import StageContext
 from segmentation.train.spec import RefineSpec, TrainSpec
-from segmentation.train.stage import distributor_schedules_gpus, launch
+from segmentation.train.stage import distributor_schedules_gpus, finished_model, launch
 from segmentation.train.stage import plan as training_plan
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,9 @@ def refine(ctx: StageContext, autoencoder: Path, sample: np.ndarray, choice: KCh
     outcome = launch(
         ctx.spark, ctx.cfg.training, spec, distributor_schedules_gpus(ctx.spark, ctx.cfg.training)
     )
-    if not outcome.finished or not Path(outcome.model_path).is_file():
-        raise StageError("cluster: the idec refinement finished without writing a model")
-    log.info(
-        "cluster: idec refinement done after %d epochs, loss %.5f (validation %.5f)",
-        outcome.epochs_done,
-        outcome.losses[-1],
-        outcome.val_losses[-1],
+    return finished_model(
+        outcome, "cluster: idec refinement", f"run `segment cluster --run-id {ctx.run_id}` again to resume"
     )
-    return Path(outcome.model_path)
 
 
 def refined_embedding(features: DataFrame, model: Path, method: str) -> DataFrame:

@@ -22,7 +22,13 @@ from segmentation.sequence.tokens import FIELDS, cardinalities, user_sequences
 from segmentation.stage import StageContext, StageResult, summary_field
 from segmentation.tables import EVENTS_SILVER, USER_FEATURES, USER_SEQUENCE_EMBEDDINGS, USER_SEQUENCES
 from segmentation.train.spec import SequenceSpec, per_process_batch, training_rows
-from segmentation.train.stage import distributor_schedules_gpus, launch, spec_for, table_snapshot
+from segmentation.train.stage import (
+    distributor_schedules_gpus,
+    finished_model,
+    launch,
+    spec_for,
+    table_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +128,6 @@ def _train(ctx: StageContext, categories: tuple[str, ...]) -> Path:
     outcome = launch(
         ctx.spark, ctx.cfg.training, spec, distributor_schedules_gpus(ctx.spark, ctx.cfg.training)
     )
-    if not outcome.finished:
-        raise StageError(
-            f"sequence: training stopped after epoch {outcome.epochs_done} of {spec.epochs}; run `segment "
-            f"sequence --run-id {ctx.run_id}` again to resume from the checkpoint"
-        )
-    if not Path(outcome.model_path).is_file():
-        raise StageError("sequence: training finished without writing a model")
-    log.info(
-        "sequence: encoder %s after %d epochs, loss %.4f (validation %.4f)",
-        ctx.run_id,
-        outcome.epochs_done,
-        outcome.losses[-1],
-        outcome.val_losses[-1],
+    return finished_model(
+        outcome, "sequence: encoder", f"run `segment sequence --run-id {ctx.run_id}` again to resume"
     )
-    return Path(outcome.model_path)

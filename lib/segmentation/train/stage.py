@@ -96,6 +96,23 @@ def launch(spark: SparkSession, cfg: TrainingConfig, spec: TrainSpec, schedules_
     return outcome
 
 
+def finished_model(outcome: TrainOutcome, what: str, resume: str) -> Path:
+    """The model file of a training that must finish in one launch (the sequence encoder, the idec
+    refinement); a StageError naming `what`, and `resume` (how to continue), when it did not."""
+    if not outcome.finished:
+        raise StageError(f"{what}: training stopped after epoch {outcome.epochs_done}; {resume}")
+    if not Path(outcome.model_path).is_file():
+        raise StageError(f"{what}: training finished without writing a model")
+    log.info(
+        "%s: trained for %d epochs, loss %.5f (validation %.5f)",
+        what,
+        outcome.epochs_done,
+        outcome.losses[-1],
+        outcome.val_losses[-1],
+    )
+    return Path(outcome.model_path)
+
+
 def plan(ctx: StageContext) -> TrainSpec:
     """The training run: the feature table's snapshot (files and rows, read through the table layer),
     its scaling statistics, and `training.*`."""
