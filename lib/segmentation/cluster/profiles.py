@@ -37,6 +37,8 @@ FEATURE_WORDS = {
     "purchase_per_view": "conversion",
     "purchase_per_cart": "checkout rate",
     "purchase_count": "purchases",
+    "cart_position": "late carts",
+    "purchase_position": "late purchases",
     "purchase_total": "spend",
     "purchase_mean": "basket value",
     "quantity_total": "quantity",

@@ -24,6 +24,7 @@ from segmentation.tables import TYPED_EVENTS
 TYPE_NAMES = TYPED_EVENTS  # each gets a count and a share
 HOUR_BUCKETS = (("night", 0, 6), ("morning", 6, 12), ("afternoon", 12, 18), ("evening", 18, 24))
 SECONDS_PER_DAY = 86_400.0
+POSITION_TYPES = ("cart", "purchase")  # event types whose place in the user's history is a feature
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,21 @@ def feature_specs(vocab: Vocabulary | None = None) -> list[FeatureSpec]:
             ),
             FeatureSpec("purchase_count", "monetary", "number of purchase events", True, "n_purchase"),
         ]
+        # Where in a user's active span the buying happens tells "browse for days, then buy" from "buy
+        # at once, browse after": segments that do the same things in the same proportions and differ
+        # only in order. A mean of timestamps is additive, so no per-user sort of the events is needed.
+        specs += [
+            FeatureSpec(
+                f"{t}_position",
+                "timing",
+                f"mean position of the user's {t} events in their active span: 0 at the first event, "
+                f"1 at the last (0.5 without {t} events or with a single instant)",
+                False,
+                f"CASE WHEN n_{t} > 0 AND last_ts > first_ts "
+                f"THEN (ts_{t} / n_{t} - first_ts) / (last_ts - first_ts) ELSE 0.5 END",
+            )
+            for t in POSITION_TYPES
+        ]
     if full or vocab.has_value:
         specs += [
             FeatureSpec(
@@ -311,17 +327,19 @@ def _grain(events: DataFrame, vocab: Vocabulary, timezone: str) -> DataFrame:
     hour = F.hour(local)
     weekend = F.dayofweek(local).isin(1, 7)
     typed = F.col("event_type")
+    seconds = F.col("event_time").cast("double")
     # Without event types every event is taken as a purchase for the monetary family.
     purchase = (typed == "purchase") if vocab.has_event_types else F.lit(True)
     sums = [
         F.count("*").alias("n"),
-        F.min(F.col("event_time").cast("double")).alias("first_ts"),
-        F.max(F.col("event_time").cast("double")).alias("last_ts"),
+        F.min(seconds).alias("first_ts"),
+        F.max(seconds).alias("last_ts"),
         *[_count_if(typed == t).alias(f"n_{t}") for t in TYPE_NAMES],
         F.sum(F.when(purchase, F.col("value"))).alias("spend"),
         F.count(F.when(purchase, F.col("value"))).alias("n_spend"),
         F.sum(F.when(purchase, F.col("quantity"))).alias("qty"),
         F.sum(F.when(typed == "return", F.col("value"))).alias("returned"),
+        *[F.sum(F.when(typed == t, seconds)).alias(f"ts_{t}") for t in POSITION_TYPES],
         *[_count_if((hour >= lo) & (hour < hi)).alias(f"n_hour_{name}") for name, lo, hi in HOUR_BUCKETS],
         _count_if(weekend).alias("n_weekend"),
         *[_count_if(F.col("device") == d).alias(f"n_device_{safe_name(d)}") for d in vocab.devices],
@@ -350,7 +368,7 @@ def _user_totals(events: DataFrame, vocab: Vocabulary, timezone: str) -> DataFra
     # Left to partial aggregation, the grain's partial sums (about 20 columns) were shuffled twice.
     events = events.repartition("user_id")
     grain = _grain(events, vocab, timezone)
-    additive = [c for c in grain.columns if c.startswith("n") or c in ("spend", "qty", "returned")]
+    additive = [c for c in grain.columns if c.startswith(("n", "ts_")) or c in ("spend", "qty", "returned")]
     per_user = [
         *[F.sum(c).alias(c) for c in additive],
         F.min("first_ts").alias("first_ts"),

@@ -124,6 +124,8 @@ def test_every_family_by_hand(spark, cfg, store):
         "purchase_per_view": 0.5,
         "purchase_per_cart": 1.0,
         "purchase_count": 1,
+        "cart_position": 10 / (58 * 60),  # ten minutes into a span of 58 hours
+        "purchase_position": 20 / (58 * 60),
         "purchase_total": 20,
         "purchase_mean": 20,
         "quantity_total": 2,
@@ -143,6 +145,8 @@ def test_every_family_by_hand(spark, cfg, store):
     assert {k: pytest.approx(v) for k, v in expected.items()} == {k: row[k] for k in expected}
     assert row["as_of"] == dt.datetime(2026, 9, 7, 22, 0)  # default: the latest event in silver
     assert "share_cat_toys" not in row  # not in the global top 2
+    u2 = store.read(USER_FEATURES).where("user_id = 'u2'").head()
+    assert (u2.cart_position, u2.purchase_position) == (0.5, 0.5)  # neither carts nor purchases
 
 
 def test_returns_are_a_share_and_an_amount(spark, cfg, store):
