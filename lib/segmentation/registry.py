@@ -87,6 +87,14 @@ STAGES: tuple[Stage, ...] = (
         writes=("report",),
     ),
     Stage(
+        "assign",
+        "users with events since the fit -> their segments under the current segmenter (MERGE), "
+        "without retraining",
+        reads=(t.EVENTS_SILVER, t.USER_SEGMENTS, t.SEGMENT_CENTROIDS, "segmenter", "scaling statistics"),
+        writes=(t.USER_SEGMENTS,),
+        in_pipeline=False,
+    ),
+    Stage(
         "maintain",
         "nightly table upkeep: purge deletion vectors, OPTIMIZE, VACUUM",
         reads=t.ALL_TABLES,

@@ -17,6 +17,7 @@ from segmentation.stage import StageContext
 from segmentation.storage import open_store
 from segmentation.train import model as model_io
 from tests.conftest import make_config
+from tests.integration.rescoring import assert_rescoring_reproduces_the_fit
 
 
 def _copy(lake, tmp_path, *settings):
@@ -71,7 +72,8 @@ def test_cluster_stage_refines_the_embedding_and_can_select_it(spark, lake, tmp_
     assert {r.representation for r in segments.select("representation").distinct().collect()} == {"idec"}
     manifest = json.loads((cfg.paths.segmenter("idec-run") / "segmenter.json").read_text())
     refined = cfg.paths.refined_model("idec-run")
-    assert manifest["representation"] == "idec" and manifest["encoder"] == str(refined)
+    assert manifest["representation"] == "idec" and manifest["encoder_version"] == "idec-run"
+    assert_rescoring_reproduces_the_fit(spark, cfg)  # assign embeds with the refined encoder
     centres = model_io.load_centres(refined)
     assert centres is not None and centres.shape[0] == k
     # the refined encoder is the trained one moved, not a new network
@@ -118,4 +120,5 @@ def test_sequence_stage_embeds_every_user_and_cluster_can_select_it(spark, lake,
     )
     assert sorted(r.k for r in evidence) == [3, 4, 5, 6] and sum(r.chosen for r in evidence) == 1
     manifest = json.loads((cfg.paths.segmenter("seq-cluster") / "segmenter.json").read_text())
-    assert manifest["encoder"] == str(cfg.paths.sequence_model("seq-run"))
+    assert manifest["encoder_version"] == "seq-run"
+    assert_rescoring_reproduces_the_fit(spark, cfg)  # assign tokenizes and embeds as the stage did

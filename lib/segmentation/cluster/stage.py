@@ -11,7 +11,6 @@ embedding's chosen k and so is trained here.
 
 from __future__ import annotations
 
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.arrays import list_column_matrix
-from segmentation.artifacts import atomic_write_text, publish
+from segmentation.artifacts import publish
 from segmentation.cluster import kselect
 from segmentation.cluster.density import DensityModel
 from segmentation.cluster.evaluate import REPRESENTATIONS, Evaluation, evaluate_partition, log_evaluation
@@ -32,9 +31,11 @@ from segmentation.cluster.metrics import centroids, with_distance
 from segmentation.cluster.profiles import build_profiles, feature_columns, profile_schema, segment_sums
 from segmentation.cluster.refine import REPRESENTATION as IDEC
 from segmentation.cluster.refine import refine, refined_embedding
+from segmentation.cluster.segmenter import FIT, Segmenter
 from segmentation.cluster.selection import select
 from segmentation.errors import StageError
 from segmentation.sequence.stage import REPRESENTATION as SEQUENCE
+from segmentation.sequence.tokens import FIELDS
 from segmentation.stage import StageContext, StageResult, summary_field
 from segmentation.storage import TableStore
 from segmentation.tables import (
@@ -48,6 +49,7 @@ from segmentation.tables import (
     USER_FEATURES,
     USER_SEGMENTS,
     USER_SEQUENCE_EMBEDDINGS,
+    USER_SEQUENCES,
 )
 
 log = logging.getLogger(__name__)
@@ -330,13 +332,8 @@ def _write_selected(
             F.lit(chosen.k).alias("k"),
             F.lit(run_id).alias("run_id"),
         ]
-        segments = with_distance(assigned, centres, "values", "segment_id").select(
-            "user_id",
-            "segment_id",
-            "distance",
-            *tags,
-            F.lit(chosen.representation).alias("representation"),
-        )
+        segmenter = _segmenter(ctx, chosen, embeddings, features)
+        segments = segmenter.rows(with_distance(assigned, centres, "values", "segment_id"), FIT, run_id)
         names = feature_columns(features)
         sums = [r.asDict() for r in segment_sums(assigned, features, names).collect()]  # a row per segment
         jaccard = segment_jaccard(model, points, chosen, cfg.clustering)
@@ -344,7 +341,8 @@ def _write_selected(
             sums, names, cfg.privacy.min_segment_size, cfg.clustering.label_features, run_id, jaccard
         )
         _log_profiles(profiles, cfg.privacy.min_segment_size)
-        _save_segmenter(ctx, model, chosen, embeddings, features)
+        directory = segmenter.save(ctx.paths, model)
+        log.info("cluster: model saved to %s", directory)
         ctx.describe("cluster: publish")
         store.overwrite(ctx.spark.createDataFrame(profiles.rows, profile_schema(names)), SEGMENT_PROFILES)
         store.overwrite(
@@ -408,12 +406,15 @@ def _log_profiles(profiles, minimum: int) -> None:
 def published_run(store: TableStore) -> str:
     """The cluster run whose outputs user_segments, segment_centroids and segment_profiles hold; a
     StageError when they hold different runs (a cluster run was killed while replacing them) or
-    when one is missing. Each table holds one run (the stage replaces them whole), so one row each
-    says which."""
+    when one is missing. Each table holds one run (the stage replaces them whole; `assign` adds rows
+    of the same model to user_segments, whose model_version names it), so one row each says which."""
     runs = {}
     for name in (SEGMENT_PROFILES, SEGMENT_CENTROIDS, USER_SEGMENTS):
-        row = store.read_or_fail(name, "reading segments").select("run_id").head()
-        runs[name] = row.run_id if row else None
+        table = store.read_or_fail(name, "reading segments")
+        # user_segments written before assign existed has no model_version: its run_id is the model's
+        column = "model_version" if "model_version" in table.columns else "run_id"
+        row = table.select(column).head()
+        runs[name] = row[0] if row else None
     if len(set(runs.values())) != 1:
         held = ", ".join(f"{name}: {run}" for name, run in runs.items())
         raise StageError(
@@ -423,36 +424,34 @@ def published_run(store: TableStore) -> str:
     return next(iter(runs.values()))
 
 
-def _encoder(ctx: StageContext, representation: str) -> str | None:
-    """The model file a representation other than the autoencoder's embedding and raw comes from."""
+def _encoder_version(ctx: StageContext, representation: str) -> str | None:
+    """The run whose model makes a representation other than the autoencoder's embedding and raw."""
     if representation == IDEC:
-        return str(ctx.paths.refined_model(ctx.run_id))
+        return ctx.run_id  # trained by this cluster run: paths.refined_model(run)
     if representation == SEQUENCE:
-        version = ctx.store.read(USER_SEQUENCE_EMBEDDINGS).select("model_version").head()[0]
-        return str(ctx.paths.sequence_model(version))
+        return ctx.store.read(USER_SEQUENCE_EMBEDDINGS).select("model_version").head()[0]
     return None
 
 
-def _save_segmenter(
-    ctx: StageContext, model, chosen: Evaluation, embeddings: DataFrame, features: DataFrame
-) -> None:
-    """Save the selected fitted model with what `assign` needs to score new users the same way: the
-    representation, and the autoencoder and feature snapshot it was fitted on."""
-    run_id = ctx.run_id
-    directory = ctx.paths.segmenter(run_id)
-    if isinstance(model, DensityModel):
-        model.save(directory / "model")
-    else:  # saved reading a plain `vector` column (of the representation below), whatever the sweep called it
-        model.copy({model.featuresCol: "vector"}).write().overwrite().save(str(directory / "model"))
-    manifest = {
-        "run_id": run_id,
-        "representation": chosen.representation,
-        "algorithm": chosen.algorithm,
-        "k": chosen.k,
-        "autoencoder_version": embeddings.select("model_version").head()[0],
-        # the encoder `assign` applies before the model where it is not the autoencoder above
-        "encoder": _encoder(ctx, chosen.representation),
-        "features_run_id": features.select("run_id").head()[0],
-    }
-    atomic_write_text(directory / "segmenter.json", json.dumps(manifest, indent=2))
-    log.info("cluster: model saved to %s", directory)
+def _segmenter(
+    ctx: StageContext, chosen: Evaluation, embeddings: DataFrame, features: DataFrame
+) -> Segmenter:
+    """What `assign` needs to score new users as this run scored its users."""
+    snapshot = features.select("run_id", "as_of").head()
+    return Segmenter(
+        run_id=ctx.run_id,
+        representation=chosen.representation,
+        algorithm=chosen.algorithm,
+        k=chosen.k,
+        autoencoder_version=embeddings.select("model_version").head()[0],
+        encoder_version=_encoder_version(ctx, chosen.representation),
+        features_run_id=snapshot["run_id"],
+        features_as_of=snapshot["as_of"].isoformat(),
+        sequence_events=_sequence_events(ctx) if chosen.representation == SEQUENCE else None,
+    )
+
+
+def _sequence_events(ctx: StageContext) -> int:
+    """How many events per user the sequence encoder's tokens hold (user_sequences' width)."""
+    width = ctx.store.read(USER_SEQUENCES).select(F.size("sequence")).head()[0]
+    return width // len(FIELDS)

@@ -52,6 +52,11 @@ class Vocabulary:
     has_category: bool
     has_device: bool
 
+    @staticmethod
+    def from_dict(values: dict) -> Vocabulary:
+        """The vocabulary a snapshot saved with its scaling statistics (JSON lists back to tuples)."""
+        return Vocabulary(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
 
 def safe_name(value: str) -> str:
     """A category or device value as part of a column name."""

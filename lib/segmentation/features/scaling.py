@@ -30,6 +30,9 @@ class Scaler:
     dropped_constant: list[str]
     run_id: str
     vocabulary: dict = field(default_factory=dict)  # categories and devices behind the mix features
+    # the rules that chose the snapshot's users and events (features.lookback_days, min_events,
+    # timezone): `assign` applies these, not whatever the config says later
+    rules: dict = field(default_factory=dict)
 
     def transform(self) -> Column:
         """The scaled `array<float>` column, from the raw feature columns."""

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from segmentation.config import FeaturesConfig
 from segmentation.errors import StageError
-from segmentation.features.aggregates import feature_specs, user_features, vocabulary
+from segmentation.features.aggregates import Vocabulary, feature_specs, user_features, vocabulary
 from segmentation.features.scaling import Scaler, fit_scaler
 from segmentation.stage import StageContext, StageResult, summary_field
 from segmentation.tables import EVENTS_SILVER, USER_FEATURES
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_RULES = ("lookback_days", "min_events", "timezone")  # saved with the scaling statistics
 
 
 @dataclass
@@ -37,7 +40,7 @@ def run(ctx: StageContext) -> FeaturesResult:
     as_of = _as_of(silver, cfg.as_of)
     # A user with any bot-flagged event is left out (incremental ingest re-flags only the days it rewrites).
     phase("bot users")
-    bots = silver.where(F.col("is_bot")).select("user_id").distinct().cache()
+    bots = bot_flagged_users(silver).cache()
     users = None
     try:
         n_bots = bots.count()
@@ -50,9 +53,11 @@ def run(ctx: StageContext) -> FeaturesResult:
         specs = feature_specs(vocab)
         names = [s.name for s in specs]
         phase("per-user aggregation and scaling statistics")
-        users = user_features(events, vocab, F.lit(as_of).cast("timestamp"), cfg.timezone)
-        users = users.where(F.col("n_events") >= cfg.min_events).cache()
-        scaler = fit_scaler(users, names, [s.log1p for s in specs], cfg.clip_std, ctx.run_id, asdict(vocab))
+        users = eligible_users(events, vocab, as_of, cfg).cache()
+        scaler = replace(
+            fit_scaler(users, names, [s.log1p for s in specs], cfg.clip_std, ctx.run_id, asdict(vocab)),
+            rules={name: getattr(cfg, name) for name in SNAPSHOT_RULES},
+        )
         phase("write user_features")
         _write(ctx, scaled_features(users, names, scaler, as_of, ctx.run_id))
         scaler.save(ctx.paths.scaling(ctx.run_id))
@@ -82,6 +87,37 @@ def run(ctx: StageContext) -> FeaturesResult:
     )
 
 
+def eligible_users(
+    events: DataFrame, vocab: Vocabulary, as_of: dt.datetime, cfg: FeaturesConfig
+) -> DataFrame:
+    """Input: the window's canonical events of non-bot users. Output: the raw features of
+    `user_features(..)` for every user with at least `features.min_events` events (the fitted
+    snapshot's users and the users `assign` scores are chosen by this one rule)."""
+    users = user_features(events, vocab, F.lit(as_of).cast("timestamp"), cfg.timezone)
+    return users.where(F.col("n_events") >= cfg.min_events)
+
+
+def snapshot_rules(cfg: FeaturesConfig, scaler: Scaler) -> FeaturesConfig:
+    """`cfg` with the rules the snapshot of `scaler` was built under (the config's own where the
+    snapshot predates saving them)."""
+    if not scaler.rules:
+        log.warning("features: snapshot %s saved no rules; using the configured ones", scaler.run_id)
+    return replace(cfg, **{name: scaler.rules[name] for name in SNAPSHOT_RULES if name in scaler.rules})
+
+
+def bot_flagged_users(silver: DataFrame) -> DataFrame:
+    """user_id of every user with a bot-flagged event: left out of features, sequences and assign."""
+    return silver.where(F.col("is_bot")).select("user_id").distinct()
+
+
+def latest_event(silver: DataFrame) -> dt.datetime:
+    """The latest event time in silver (the default `as_of`); a StageError when silver is empty."""
+    latest = silver.agg(F.max("event_time")).head()[0]
+    if latest is None:
+        raise StageError("events_silver is empty: nothing to build features from")
+    return latest
+
+
 def window(events: DataFrame, as_of: dt.datetime, lookback_days: int | None) -> DataFrame:
     """Events up to `as_of` and, with `lookback_days`, no older than that many days before it."""
     events = events.where(F.col("event_time") <= F.lit(as_of))
@@ -109,10 +145,7 @@ def _as_of(silver: DataFrame, configured: str | None) -> dt.datetime:
     if configured:
         as_of = dt.datetime.fromisoformat(configured)
         return as_of if as_of.tzinfo else as_of.replace(tzinfo=dt.UTC)
-    latest = silver.agg(F.max("event_time")).head()[0]
-    if latest is None:
-        raise StageError("events_silver is empty: nothing to build features from")
-    return latest
+    return latest_event(silver)
 
 
 def _write(ctx: StageContext, out: DataFrame) -> None:

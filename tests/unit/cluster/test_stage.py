@@ -11,6 +11,7 @@ from pyspark.ml.functions import array_to_vector
 
 from segmentation.cluster import stage as cluster
 from segmentation.cluster.fit import apply_model
+from segmentation.cluster.segmenter import Segmenter
 from segmentation.stage import StageContext
 from segmentation.storage import open_store
 
@@ -109,9 +110,15 @@ def test_cluster_stage_on_planted_segments(spark, cfg, planted):
     assert {p.label for p in profiles.values()} >= {"games", "night", "high activity"}
 
     # The saved model reproduces user_segments for the same embeddings.
-    manifest = json.loads((cfg.paths.segmenter("r1") / "segmenter.json").read_text())
-    assert manifest["autoencoder_version"] == "m1" and manifest["features_run_id"] == "f1"
-    model = MODELS[manifest["algorithm"]].load(str(cfg.paths.segmenter("r1") / "model"))
+    segmenter = Segmenter.load(cfg.paths, "r1")
+    assert (segmenter.autoencoder_version, segmenter.features_run_id, segmenter.encoder_version) == (
+        "m1",
+        "f1",
+        None,
+    )
+    assert {(r.model_version, r.assigned_by, r.run_id) for r in segments.collect()} == {("r1", "fit", "r1")}
+    model = segmenter.model(cfg.paths)
+    assert isinstance(model, MODELS[segmenter.algorithm])
     points = planted.read("user_embeddings").withColumn("vector", array_to_vector("embedding"))
     rescored = apply_model(model, points).select("user_id", "segment_id")
     assert rescored.join(segments.select("user_id", "segment_id"), ["user_id", "segment_id"]).count() == (

@@ -1,5 +1,6 @@
 """Feature values checked by hand on tiny event sets."""
 
+import dataclasses
 import datetime as dt
 import math
 
@@ -186,6 +187,10 @@ def test_scaling_statistics_round_trip_and_are_reused(spark, cfg, store):
     scaler.save(cfg.paths.scaling("copy"))
     assert Scaler.load(cfg.paths.scaling("copy")) == scaler
     assert scaler.vocabulary["categories"] and scaler.vocabulary["devices"]
+    # the snapshot's rules travel with it: assign applies them whatever the config says later
+    assert scaler.rules == {"lookback_days": None, "min_events": 1, "timezone": "UTC"}
+    later = dataclasses.replace(cfg.features, min_events=9, timezone="Asia/Tokyo")
+    assert features.snapshot_rules(later, scaler) == dataclasses.replace(later, min_events=1, timezone="UTC")
     table = store.read(USER_FEATURES)
     again = table.select("user_id", "features", scaler.transform().alias("recomputed")).collect()
     for r in again:

@@ -1,0 +1,89 @@
+"""`segment assign` on the shared generated lake: the fit's own users rescored give the fit's segments;
+on a copy, a second day of logs (returning users and new ones) is ingested and assigned without
+retraining, only those users' rows change, and assigning again changes nothing."""
+
+import shutil
+
+import pytest
+from pyspark.sql import functions as F
+
+from segmentation.artifacts import published
+from segmentation.errors import StageError
+from segmentation.pipeline import run_stage
+from segmentation.storage import open_store
+from segmentation.tables import (
+    CANONICAL_FIELDS,
+    EVENTS_SILVER,
+    PIPELINE_RUNS,
+    SEGMENT_CENTROIDS,
+    USER_SEGMENTS,
+)
+from tests.conftest import LAKE_SETTINGS, make_config
+from tests.integration.rescoring import assert_rescoring_reproduces_the_fit
+
+DAY2_SHIFT_DAYS = 31  # past the generated month: the copies add days, never crowd existing ones
+
+
+def test_assign_path_rescores_the_fitted_users_as_the_fit_did(spark, lake):
+    assert_rescoring_reproduces_the_fit(spark, lake.cfg)
+
+
+def test_assign_needs_a_fitted_segmenter(spark, cfg):
+    with pytest.raises(StageError, match="no fitted segmenter .*run `segment cluster` first"):
+        run_stage(spark, cfg, "assign", "too-early")
+
+
+def _day2_logs(spark, store, returning: list[str], sources: list[str], folder) -> None:
+    """Raw JSON lines for day 2: every event of `returning` users again, and every event of `sources`
+    as a new user `new-<id>`, all moved DAY2_SHIFT_DAYS later (sessions left to ingest to infer)."""
+    silver = store.read(EVENTS_SILVER)
+    back = silver.where(F.col("user_id").isin(returning))
+    new = silver.where(F.col("user_id").isin(sources)).withColumn(
+        "user_id", F.concat(F.lit("new-"), "user_id")
+    )
+    moved = F.col("event_time") + F.expr(f"INTERVAL {DAY2_SHIFT_DAYS} DAYS")
+    fields = [c for c in CANONICAL_FIELDS if c not in ("event_time", "session_id")]
+    back.unionByName(new).select(
+        *fields, F.concat(F.date_format(moved, "yyyy-MM-dd'T'HH:mm:ss"), F.lit("+00:00")).alias("event_time")
+    ).coalesce(1).write.json(str(folder))
+
+
+@pytest.mark.slow
+def test_assign_scores_only_users_with_new_events_and_twice_changes_nothing(spark, lake, tmp_path):
+    shutil.copytree(lake.root / "lake", tmp_path / "lake")
+    cfg = make_config(tmp_path, *LAKE_SETTINGS, f"input.path={tmp_path / 'day2'}")
+    store = open_store(spark, cfg.storage)
+    before = {r.user_id: r for r in store.read(USER_SEGMENTS).collect()}  # 2k users: small
+    users = sorted(before)
+    returning, sources = users[:12], users[12:20]
+    _day2_logs(spark, store, returning, sources, tmp_path / "day2")
+
+    run_stage(spark, cfg, "ingest", "day2-ingest")
+    result = run_stage(spark, cfg, "assign", "day2-assign")
+
+    after = {r.user_id: r for r in store.read(USER_SEGMENTS).collect()}
+    new = {f"new-{u}" for u in sources}
+    assert set(after) == set(before) | new
+    assigned = {u for u, r in after.items() if r.assigned_by == "assign"}
+    assert assigned == set(returning) | new  # their features changed (twice the events), so their rows
+    assert all(after[u] == before[u] for u in set(before) - assigned)  # everyone else untouched
+    model = published(cfg.paths.current_segmenter)
+    fitted_segments = {r.segment_id for r in store.read(SEGMENT_CENTROIDS).collect()}
+    for u in assigned:
+        row = after[u]
+        assert (row.model_version, row.run_id, row.k) == (model, "day2-assign", before[users[0]].k)
+        assert row.segment_id in fitted_segments and row.distance >= 0
+        assert row.representation == before[users[0]].representation
+    assert (result.users_scored, result.users_written, result.new_users) == (20, 20, 8)
+
+    version = store.snapshot(USER_SEGMENTS).version
+    again = run_stage(spark, cfg, "assign", "day2-again")
+    assert (again.users_scored, again.users_written) == (20, 0)
+    assert store.snapshot(USER_SEGMENTS).version == version  # no commit at all
+    runs = (
+        store.read(PIPELINE_RUNS).where("stage = 'assign'").select("run_id", "status", "rows_out").collect()
+    )
+    assert {(r.run_id, r.status, r.rows_out) for r in runs} >= {
+        ("day2-assign", "success", 20),
+        ("day2-again", "success", 0),
+    }
