@@ -393,6 +393,9 @@ class ClusteringConfig:
     # The evidence for k (cluster/kselect.py) is computed on a uniform driver sample of at most this many users.
     selection_sample_rows: int = 5_000
     label_features: int = 3
+    # A new fit's segment keeps the id (and label) of the previous segment it matches by members when
+    # their Jaccard similarity reaches this (cluster/identity.py); otherwise it gets a new id.
+    match_min_jaccard: float = 0.5
     parallelism: int = 4
     truth_path: str | None = (
         None  # candidates fitted and scored concurrently (Spark jobs from driver threads)
@@ -408,6 +411,7 @@ class ClusteringConfig:
         _require(self.init_restarts >= 1, "clustering.init_restarts", "must be at least 1")
         _require(self.init_sample_rows >= 1000, "clustering.init_sample_rows", "must be at least 1000")
         _require(0 <= self.min_segment_share < 1, "clustering.min_segment_share", "must be in [0, 1)")
+        _require(0 < self.match_min_jaccard <= 1, "clustering.match_min_jaccard", "must be in (0, 1]")
         _require(-1 <= self.min_stability <= 1, "clustering.min_stability", "must be in [-1, 1]")
         _require(0 < self.stability_fraction <= 1, "clustering.stability_fraction", "must be in (0, 1]")
         _require(len(self.candidates) > 0, "clustering.candidates", "must list a representation")

@@ -77,6 +77,8 @@ STAGES: tuple[Stage, ...] = (
             t.SEGMENT_PROFILES,
             t.CLUSTERING_EVALUATION,
             t.K_EVIDENCE,
+            t.SEGMENT_LINEAGE,
+            t.SEGMENT_TRANSITIONS,
             "segmenter",
         ),
     ),

@@ -19,6 +19,8 @@ SEGMENT_CENTROIDS = "segment_centroids"
 SEGMENT_PROFILES = "segment_profiles"
 CLUSTERING_EVALUATION = "clustering_evaluation"
 K_EVIDENCE = "k_evidence"
+SEGMENT_LINEAGE = "segment_lineage"
+SEGMENT_TRANSITIONS = "segment_transitions"
 PIPELINE_RUNS = "pipeline_runs"
 
 ALL_TABLES = (
@@ -34,6 +36,8 @@ ALL_TABLES = (
     SEGMENT_PROFILES,
     CLUSTERING_EVALUATION,
     K_EVIDENCE,
+    SEGMENT_LINEAGE,
+    SEGMENT_TRANSITIONS,
     PIPELINE_RUNS,
 )
 
@@ -80,6 +84,17 @@ K_EVIDENCE_SCHEMA = (
     "run_id string, representation string, k int, sample_rows int, inertia double, silhouette double, "
     "prediction_strength double, gap double, gap_se double, jaccard_min double, jaccard_mean double, "
     "chosen boolean, rule string, reason string"
+)
+
+# Stable segment ids (cluster/identity.py): per fit, each segment and the previous one it continues
+# (status matched | new | vanished; `cluster` is the model's own cluster index), and how many users
+# went from each previous segment to each new one (null: a user new to this fit, or one it left out).
+SEGMENT_LINEAGE_SCHEMA = (
+    "run_id string, segment_id int, cluster int, previous_run_id string, previous_segment_id int, "
+    "users long, previous_users long, overlap long, jaccard double, status string"
+)
+SEGMENT_TRANSITIONS_SCHEMA = (
+    "run_id string, previous_run_id string, from_segment int, to_segment int, users long"
 )
 
 

@@ -143,7 +143,8 @@ def score(
     points = representation(ctx, segmenter, scaler, cfg, scaled, events).withColumn(
         "vector", array_to_vector("values")
     )
-    assigned = apply_model(segmenter.model(ctx.paths), points, "vector")
+    clusters = apply_model(segmenter.model(ctx.paths), points, "vector", prediction="cluster")
+    assigned = clusters.withColumn("segment_id", segmenter.stable("cluster"))
     centres = ctx.store.read_or_fail(SEGMENT_CENTROIDS, "assign")
     return segmenter.rows(with_distance(assigned, centres, "values", "segment_id"), ASSIGN, ctx.run_id)
 

@@ -21,7 +21,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.artifacts import ArtifactPaths, atomic_write_text
-from segmentation.cluster.density import DensityModel
+from segmentation.cluster.density import NOISE, DensityModel
 from segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class Segmenter:
     features_run_id: str  # the user_features snapshot: its scaling statistics and vocabulary
     features_as_of: str  # that snapshot's as_of (ISO): `assign` scores users with events after it
     sequence_events: int | None  # the sequence representation: how many of a user's last events it reads
+    segment_ids: list[int]  # the stable segment id of each of the model's clusters 0..k-1 (identity.py)
 
     def save(self, paths: ArtifactPaths, model) -> Path:
         directory = paths.segmenter(self.run_id)
@@ -78,6 +79,12 @@ class Segmenter:
         if self.algorithm not in _MLLIB:
             raise StageError(f"segmenter {self.run_id}: unknown algorithm {self.algorithm!r}")
         return _MLLIB[self.algorithm].load(str(directory))
+
+    def stable(self, cluster: str) -> Column:
+        """The stable segment id of the model's cluster index in column `cluster` (noise stays -1)."""
+        ids = F.array(*[F.lit(i) for i in self.segment_ids])
+        index = F.col(cluster)
+        return F.when(index == NOISE, F.lit(NOISE)).otherwise(F.element_at(ids, index + 1)).cast("int")
 
     @property
     def as_of(self) -> dt.datetime:

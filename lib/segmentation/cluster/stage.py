@@ -23,9 +23,10 @@ from pyspark.sql import functions as F
 from segmentation.arrays import list_column_matrix
 from segmentation.artifacts import publish
 from segmentation.cluster import kselect
-from segmentation.cluster.density import DensityModel
+from segmentation.cluster.density import NOISE, DensityModel
 from segmentation.cluster.evaluate import REPRESENTATIONS, Evaluation, evaluate_partition, log_evaluation
 from segmentation.cluster.fit import apply_model, fit, vector_column
+from segmentation.cluster.identity import match_previous
 from segmentation.cluster.kmeans import users_sample
 from segmentation.cluster.metrics import centroids, with_distance
 from segmentation.cluster.profiles import build_profiles, feature_columns, profile_schema, segment_sums
@@ -320,30 +321,35 @@ def _write_selected(
     cfg, store, run_id = ctx.cfg, ctx.store, ctx.run_id
     ctx.describe(f"cluster: write segments ({chosen.representation} {chosen.algorithm} k={chosen.k})")
     representation = chosen.representation
-    assigned = (
+    fitted = (
         apply_model(model, points, vector_column(representation))
-        .select("user_id", "segment_id", F.col(representation).alias("values"))
+        .select("user_id", F.col("segment_id").alias("cluster"), F.col(representation).alias("values"))
         .cache()
     )
+    assigned = None
     try:
+        identity = match_previous(ctx, fitted, _clusters(model, chosen))
+        segmenter = _segmenter(ctx, chosen, embeddings, features, identity.segment_ids)
+        assigned = fitted.select("user_id", segmenter.stable("cluster").alias("segment_id"), "values").cache()
         centres = centroids(assigned, "values", "segment_id").cache()
         tags = [
             F.lit(chosen.algorithm).alias("algorithm"),
             F.lit(chosen.k).alias("k"),
             F.lit(run_id).alias("run_id"),
         ]
-        segmenter = _segmenter(ctx, chosen, embeddings, features)
         segments = segmenter.rows(with_distance(assigned, centres, "values", "segment_id"), FIT, run_id)
         names = feature_columns(features)
         sums = [r.asDict() for r in segment_sums(assigned, features, names).collect()]  # a row per segment
-        jaccard = segment_jaccard(model, points, chosen, cfg.clustering)
+        jaccard = segment_jaccard(model, segmenter, points, cfg.clustering)
         profiles = build_profiles(
             sums, names, cfg.privacy.min_segment_size, cfg.clustering.label_features, run_id, jaccard
         )
+        identity.keep_labels(profiles.rows)
         _log_profiles(profiles, cfg.privacy.min_segment_size)
         directory = segmenter.save(ctx.paths, model)
         log.info("cluster: model saved to %s", directory)
         ctx.describe("cluster: publish")
+        identity.write(ctx)
         store.overwrite(ctx.spark.createDataFrame(profiles.rows, profile_schema(names)), SEGMENT_PROFILES)
         store.overwrite(
             centres.select("segment_id", F.col("n").alias("size"), "centroid", *tags), SEGMENT_CENTROIDS
@@ -352,11 +358,19 @@ def _write_selected(
         publish(ctx.paths.current_segmenter, run_id)
         centres.unpersist()
     finally:
-        assigned.unpersist()
+        fitted.unpersist()
+        if assigned is not None:
+            assigned.unpersist()
     return sum(r["n_users"] for r in sums)
 
 
-def segment_jaccard(model, points: DataFrame, chosen: Evaluation, cfg) -> dict[int, float]:
+def _clusters(model, chosen: Evaluation) -> list[int]:
+    """The model's cluster indices: 0..k-1, and -1 for a density model's noise."""
+    clusters = list(range(model.k if isinstance(model, DensityModel) else chosen.k))
+    return [NOISE, *clusters] if isinstance(model, DensityModel) else clusters
+
+
+def segment_jaccard(model, segmenter: Segmenter, points: DataFrame, cfg) -> dict[int, float]:
     """Hennig's clusterboot for the selected partition: each segment's mean bootstrap Jaccard with
     k-means refitted on resamples of a driver sample (at most `selection_sample_rows` users) of the
     chosen representation; segments with no sampled member are absent."""
@@ -364,10 +378,10 @@ def segment_jaccard(model, points: DataFrame, chosen: Evaluation, cfg) -> dict[i
         log.info("cluster: no bootstrap Jaccard for hdbscan segments (it is defined by k-means refits)")
         return {}
     sample = users_sample(points, cfg.selection_sample_rows, cfg.seed)
-    column = vector_column(chosen.representation)
+    column = vector_column(segmenter.representation)
     table = (
         apply_model(model, sample, column)
-        .select("segment_id", vector_to_array(column).alias("values"))
+        .select(segmenter.stable("segment_id").alias("segment_id"), vector_to_array(column).alias("values"))
         .toArrow()
     )
     ids, labels = np.unique(table.column("segment_id").to_numpy(zero_copy_only=False), return_inverse=True)
@@ -434,7 +448,7 @@ def _encoder_version(ctx: StageContext, representation: str) -> str | None:
 
 
 def _segmenter(
-    ctx: StageContext, chosen: Evaluation, embeddings: DataFrame, features: DataFrame
+    ctx: StageContext, chosen: Evaluation, embeddings: DataFrame, features: DataFrame, segment_ids: list[int]
 ) -> Segmenter:
     """What `assign` needs to score new users as this run scored its users."""
     snapshot = features.select("run_id", "as_of").head()
@@ -448,6 +462,7 @@ def _segmenter(
         features_run_id=snapshot["run_id"],
         features_as_of=snapshot["as_of"].isoformat(),
         sequence_events=_sequence_events(ctx) if chosen.representation == SEQUENCE else None,
+        segment_ids=segment_ids,
     )
 
 

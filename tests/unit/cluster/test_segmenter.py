@@ -18,6 +18,7 @@ SAVED = dict(
     features_run_id="f1",
     features_as_of="2026-09-30T23:59:00+00:00",
     sequence_events=None,
+    segment_ids=[0, 3, 1, 2, 4],
 )
 
 
