@@ -260,6 +260,7 @@ def is_read_only(query: str, nodes: list[str]) -> bool:
 
 
 def _sql(spark, cfg, query: str, fmt: str, limit: int, allow_writes: bool = False) -> int:
+    from segmentation import views
     from segmentation.cluster.stage import published_run
     from segmentation.errors import ConfigError, StageError
     from segmentation.storage import open_store
@@ -272,6 +273,7 @@ def _sql(spark, cfg, query: str, fmt: str, limit: int, allow_writes: bool = Fals
         )
     store = open_store(spark, cfg.storage)
     registered = store.register_views()
+    views.register(spark, cfg.privacy.min_segment_size)
     if {USER_SEGMENTS, SEGMENT_PROFILES, SEGMENT_CENTROIDS} <= set(registered):
         try:
             published_run(store)

@@ -73,6 +73,7 @@ STAGES: tuple[Stage, ...] = (
         reads=(t.USER_EMBEDDINGS, t.USER_FEATURES, t.USER_SEQUENCE_EMBEDDINGS, "model"),
         writes=(
             t.USER_SEGMENTS,
+            t.USER_SEGMENT_HISTORY,
             t.SEGMENT_CENTROIDS,
             t.SEGMENT_PROFILES,
             t.CLUSTERING_EVALUATION,
@@ -93,7 +94,7 @@ STAGES: tuple[Stage, ...] = (
         "users with events since the fit -> their segments under the current segmenter (MERGE), "
         "without retraining",
         reads=(t.EVENTS_SILVER, t.USER_SEGMENTS, t.SEGMENT_CENTROIDS, "segmenter", "scaling statistics"),
-        writes=(t.USER_SEGMENTS,),
+        writes=(t.USER_SEGMENTS, t.USER_SEGMENT_HISTORY),
         in_pipeline=False,
     ),
     Stage(

@@ -15,6 +15,7 @@ USER_EMBEDDINGS = "user_embeddings"
 USER_SEQUENCES = "user_sequences"
 USER_SEQUENCE_EMBEDDINGS = "user_sequence_embeddings"
 USER_SEGMENTS = "user_segments"
+USER_SEGMENT_HISTORY = "user_segment_history"
 SEGMENT_CENTROIDS = "segment_centroids"
 SEGMENT_PROFILES = "segment_profiles"
 CLUSTERING_EVALUATION = "clustering_evaluation"
@@ -32,6 +33,7 @@ ALL_TABLES = (
     USER_SEQUENCES,
     USER_SEQUENCE_EMBEDDINGS,
     USER_SEGMENTS,
+    USER_SEGMENT_HISTORY,
     SEGMENT_CENTROIDS,
     SEGMENT_PROFILES,
     CLUSTERING_EVALUATION,
@@ -96,6 +98,12 @@ SEGMENT_LINEAGE_SCHEMA = (
 SEGMENT_TRANSITIONS_SCHEMA = (
     "run_id string, previous_run_id string, from_segment int, to_segment int, users long"
 )
+
+
+# Views over the tables (registered for `segment sql`; `views.py` builds their SQL): each user's current
+# segment, and each segment of the current model; segments under privacy.min_segment_size are left out.
+SEGMENTS_CURRENT = "segments_current"
+SEGMENT_SUMMARY = "segment_summary"
 
 
 def columns(schema: str) -> tuple[str, ...]:

@@ -34,3 +34,11 @@ def assert_rescoring_reproduces_the_fit(spark, cfg) -> None:
     # an encoder may round differently in batches of another size: a user on a boundary may flip
     assert counts["moved"] <= counts["users"] // 1000, counts
     assert counts["max_gap"] < 1e-3, counts
+
+
+def assert_history_follows_the_segments(store) -> None:
+    """user_segment_history's open rows are user_segments' users and segments, one per user."""
+    current = store.read(USER_SEGMENTS).select("user_id", "segment_id")
+    open_rows = store.read("user_segment_history").where("is_current").select("user_id", "segment_id")
+    assert open_rows.count() == current.count()
+    assert current.exceptAll(open_rows).count() == 0 and open_rows.exceptAll(current).count() == 0

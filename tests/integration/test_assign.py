@@ -19,7 +19,10 @@ from segmentation.tables import (
     USER_SEGMENTS,
 )
 from tests.conftest import LAKE_SETTINGS, make_config
-from tests.integration.rescoring import assert_rescoring_reproduces_the_fit
+from tests.integration.rescoring import (
+    assert_history_follows_the_segments,
+    assert_rescoring_reproduces_the_fit,
+)
 
 DAY2_SHIFT_DAYS = 31  # past the generated month: the copies add days, never crowd existing ones
 
@@ -76,10 +79,17 @@ def test_assign_scores_only_users_with_new_events_and_twice_changes_nothing(spar
         assert row.representation == before[users[0]].representation
     assert (result.users_scored, result.users_written, result.new_users) == (20, 20, 8)
 
+    assert_history_follows_the_segments(store)
+    moved = [u for u in returning if after[u].segment_id != before[u].segment_id]
+    opened = store.read("user_segment_history").where(F.col("user_id").isin(moved)).count()
+    assert opened == 2 * len(moved)  # each mover: the fitted stretch closed and the new one open
+
     version = store.snapshot(USER_SEGMENTS).version
+    history = store.snapshot("user_segment_history").version
     again = run_stage(spark, cfg, "assign", "day2-again")
     assert (again.users_scored, again.users_written) == (20, 0)
     assert store.snapshot(USER_SEGMENTS).version == version  # no commit at all
+    assert store.snapshot("user_segment_history").version == history
     runs = (
         store.read(PIPELINE_RUNS).where("stage = 'assign'").select("run_id", "status", "rows_out").collect()
     )

@@ -14,7 +14,10 @@ from segmentation.pipeline import run_stage
 from segmentation.storage import open_store
 from segmentation.tables import SEGMENT_PROFILES, USER_SEGMENTS
 from tests.conftest import LAKE_SETTINGS, make_config
-from tests.integration.rescoring import assert_rescoring_reproduces_the_fit
+from tests.integration.rescoring import (
+    assert_history_follows_the_segments,
+    assert_rescoring_reproduces_the_fit,
+)
 
 PLANTED = 150  # users of a behaviour the first fit never saw: night-time ratings and searches only
 
@@ -64,6 +67,7 @@ def test_refits_keep_segment_ids_and_a_new_group_gets_exactly_one_new_id(spark, 
     cfg.clustering.k = [k]
     cfg.clustering.algorithms = ["kmeans"]
 
+    initial = _members(store)  # the shared lake's own fit
     run_stage(spark, cfg, "cluster", "fit-1")  # raw now; ids continue the shared lake's fit where they match
     first, labels = _members(store), {r.segment_id: r.label for r in store.read(SEGMENT_PROFILES).collect()}
     used = {m.segment_id for m in store.read("segment_lineage").collect() if m.segment_id is not None}
@@ -100,5 +104,9 @@ def test_refits_keep_segment_ids_and_a_new_group_gets_exactly_one_new_id(spark, 
     }
     assert moves.get((None, fresh.segment_id), 0) >= 0.95 * PLANTED  # the movers: new users into the new id
     stayed = sum(n for (a, b), n in moves.items() if a is not None and a == b)
+    users_kept = [u for u, s in first.items() if after.get(u) == s and initial.get(u) == s]
     assert stayed >= 0.9 * len(first)
     assert_rescoring_reproduces_the_fit(spark, cfg)  # assign labels users with the same stable ids
+    assert_history_follows_the_segments(store)
+    kept = store.read("user_segment_history").where(F.col("user_id") == users_kept[0]).count()
+    assert kept == 1  # refits that kept a user's id added no history

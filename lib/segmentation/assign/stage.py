@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.artifacts import published
+from segmentation.cluster import history
 from segmentation.cluster.fit import apply_model
 from segmentation.cluster.metrics import with_distance
 from segmentation.cluster.refine import REPRESENTATION as IDEC
@@ -88,6 +89,7 @@ def run(ctx: StageContext) -> AssignResult:
                 )
             ctx.describe(f"assign: merge {n_written} rows into {USER_SEGMENTS}")
             ctx.store.merge(written.drop("_new"), USER_SEGMENTS, ["user_id"])
+        history.sync(ctx)  # also catches up a sync an earlier run did not reach
         written.unpersist()
     finally:
         scored.unpersist()

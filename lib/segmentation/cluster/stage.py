@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from segmentation.arrays import list_column_matrix
 from segmentation.artifacts import publish
-from segmentation.cluster import kselect
+from segmentation.cluster import history, kselect
 from segmentation.cluster.density import NOISE, DensityModel
 from segmentation.cluster.evaluate import REPRESENTATIONS, Evaluation, evaluate_partition, log_evaluation
 from segmentation.cluster.fit import apply_model, fit, vector_column
@@ -356,6 +356,7 @@ def _write_selected(
         )
         store.overwrite(segments, USER_SEGMENTS)
         publish(ctx.paths.current_segmenter, run_id)
+        history.sync(ctx)
         centres.unpersist()
     finally:
         fitted.unpersist()

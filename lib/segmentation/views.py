@@ -1,0 +1,58 @@
+"""The product's SQL views (names in tables.py): registered over the tables' views for `segment sql`.
+
+- `segments_current`: each user's current segment (user_segments, fit and assign rows alike) with its
+  label, model and when it was assigned; users of segments with fewer than
+  `privacy.min_segment_size` users are left out.
+- `segment_summary`: each segment of the current model: users now and share, label, users at the
+  fit, bootstrap stability and whether it dissolved; small segments left out likewise.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.errors import AnalysisException
+from pyspark.sql import SparkSession
+
+from segmentation.tables import SEGMENT_PROFILES, SEGMENT_SUMMARY, SEGMENTS_CURRENT, USER_SEGMENTS
+
+log = logging.getLogger(__name__)
+
+NEEDS = (USER_SEGMENTS, SEGMENT_PROFILES)
+
+
+def definitions(min_segment_size: int) -> dict[str, str]:
+    """Each view's SELECT."""
+    sizes = f"SELECT segment_id, count(*) AS users FROM {USER_SEGMENTS} GROUP BY segment_id"
+    return {
+        SEGMENTS_CURRENT: (
+            f"SELECT s.user_id, s.segment_id, p.label, s.model_version, s.assigned_by, s.assigned_at "
+            f"FROM {USER_SEGMENTS} s JOIN ({sizes}) z ON z.segment_id = s.segment_id "
+            f"LEFT JOIN {SEGMENT_PROFILES} p ON p.segment_id = s.segment_id "
+            f"WHERE z.users >= {int(min_segment_size)}"
+        ),
+        SEGMENT_SUMMARY: (
+            f"SELECT z.segment_id, p.label, z.users, z.users / t.n AS share, p.n_users AS fitted_users, "
+            f"p.stability_jaccard, p.dissolved, p.run_id AS model_version "
+            f"FROM ({sizes}) z CROSS JOIN (SELECT count(*) AS n FROM {USER_SEGMENTS}) t "
+            f"LEFT JOIN {SEGMENT_PROFILES} p ON p.segment_id = z.segment_id "
+            f"WHERE z.users >= {int(min_segment_size)}"
+        ),
+    }
+
+
+def register(spark: SparkSession, min_segment_size: int) -> list[str]:
+    """Create the views as temporary views over the tables' views (store.register_views first);
+    none when a table they read is missing, and a warning for one whose tables lack a column it
+    reads (written by an older version). Returns the views created."""
+    if not all(spark.catalog.tableExists(name) for name in NEEDS):
+        return []
+    created = []
+    for name, select in definitions(min_segment_size).items():
+        try:
+            spark.sql(f"CREATE OR REPLACE TEMPORARY VIEW {name} AS {select}")
+        except AnalysisException as exc:  # tables of an older version: the query asked for still runs
+            log.warning("view %s not registered: its tables lack a column (%s)", name, str(exc).split(";")[0])
+            continue
+        created.append(name)
+    return created
