@@ -17,7 +17,7 @@ from segmentation.stage import StageContext
 from segmentation.storage import open_store
 from segmentation.train import model as model_io
 from tests.conftest import make_config
-from tests.integration.rescoring import assert_rescoring_reproduces_the_fit
+from tests.integration.segment_checks import assert_rescoring_reproduces_the_fit
 
 
 def _copy(lake, tmp_path, *settings):

@@ -14,7 +14,7 @@ from segmentation.pipeline import run_stage
 from segmentation.storage import open_store
 from segmentation.tables import SEGMENT_PROFILES, USER_SEGMENTS
 from tests.conftest import LAKE_SETTINGS, make_config
-from tests.integration.rescoring import (
+from tests.integration.segment_checks import (
     assert_history_follows_the_segments,
     assert_rescoring_reproduces_the_fit,
 )

@@ -76,6 +76,7 @@ def run(ctx: StageContext) -> AssignResult:
     ctx.describe(f"assign: users with events after {segmenter.features_as_of} (model {segmenter.run_id})")
     scaler = Scaler.load(ctx.paths.scaling(segmenter.features_run_id))
     scored = score(ctx, segmenter, scaler, silver, as_of, segmenter.as_of).cache()
+    written = None
     try:
         with session_setting(ctx.spark, ARROW_BATCH, str(ctx.cfg.embed.batch_size)):
             n_scored = scored.count()
@@ -90,9 +91,10 @@ def run(ctx: StageContext) -> AssignResult:
             ctx.describe(f"assign: merge {n_written} rows into {USER_SEGMENTS}")
             ctx.store.merge(written.drop("_new"), USER_SEGMENTS, ["user_id"])
         history.sync(ctx)  # also catches up a sync an earlier run did not reach
-        written.unpersist()
     finally:
         scored.unpersist()
+        if written is not None:
+            written.unpersist()
     log.info(
         "assign: %d users with events after %s scored with model %s; %d rows written (%d new users), "
         "%d unchanged",

@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy.optimize import linear_sum_assignment
 
+from segmentation.cluster.density import NOISE
 from segmentation.stage import StageContext
 from segmentation.tables import (
     SEGMENT_LINEAGE,
@@ -33,7 +34,6 @@ from segmentation.tables import (
 
 log = logging.getLogger(__name__)
 
-NOISE = -1  # cluster/density.py: users in no dense region
 MATCHED, NEW, VANISHED = "matched", "new", "vanished"
 
 
@@ -126,7 +126,7 @@ def match_segments(
 
 @dataclass
 class Identity:
-    """This fit's stable segment ids and what they continue (cluster/identity.py)."""
+    """This fit's stable segment ids, what they continue, and the labels of the segments they continue."""
 
     run_id: str
     previous_run_id: str | None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from pyspark.sql import functions as F
 from segmentation.artifacts import ArtifactPaths, atomic_write_text
 from segmentation.cluster.density import NOISE, DensityModel
 from segmentation.errors import StageError
-
-log = logging.getLogger(__name__)
 
 MANIFEST = "segmenter.json"
 FIT, ASSIGN = "fit", "assign"  # how a user_segments row was made
@@ -90,10 +87,10 @@ class Segmenter:
     def as_of(self) -> dt.datetime:
         return dt.datetime.fromisoformat(self.features_as_of)
 
-    def rows(self, scored: DataFrame, how: str, run_id: str, at: Column | None = None) -> DataFrame:
+    def rows(self, scored: DataFrame, how: str, run_id: str) -> DataFrame:
         """Input: user_id, segment_id, distance. Output: `user_segments` rows: those columns, then
         algorithm, k, representation, model_version, assigned_by (`fit` or `assign`), assigned_at
-        (`at`, by default when the query runs) and run_id (the run that wrote the row)."""
+        (when the query runs: one instant for all its rows) and run_id (the run that wrote the row)."""
         return scored.select(
             "user_id",
             F.col("segment_id").cast("int").alias("segment_id"),
@@ -103,6 +100,6 @@ class Segmenter:
             F.lit(self.representation).alias("representation"),
             F.lit(self.run_id).alias("model_version"),
             F.lit(how).alias("assigned_by"),
-            (F.current_timestamp() if at is None else at).alias("assigned_at"),
+            F.current_timestamp().alias("assigned_at"),
             F.lit(run_id).alias("run_id"),
         )

@@ -1,5 +1,6 @@
-"""A check shared by the assign tests and the deep-representation tests: `assign`'s scoring path,
-applied to the fitted snapshot's own users at the snapshot's as_of, must give the fit's segments."""
+"""Checks shared by the assign, identity and deep-representation tests: `assign`'s scoring path,
+applied to the fitted snapshot's own users at the snapshot's as_of, must give the fit's segments; and
+user_segment_history's open rows must be user_segments."""
 
 from pyspark.sql import functions as F
 
