@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     resumable.add_argument(
         "--resume", metavar="RUN_ID", help="skip the stages RUN_ID completed, run the rest under it"
     )
+    run.add_argument(
+        "--if-drifted",
+        action="store_true",
+        help="retrain only when the latest drift assign measured for the current model recommends it "
+        "(or no model is fitted yet); otherwise print why not and exit 0",
+    )
     sql = command("sql")
     sql.add_argument("query", help='the SQL, e.g. "SELECT * FROM user_segments LIMIT 10"')
     sql.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
@@ -202,6 +208,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.stage == "run":
         from segmentation.pipeline import run_pipeline
+
+        if args.if_drifted:
+            from segmentation.assign.drift import retrain_recommended
+            from segmentation.stage import StageContext
+
+            retrain, why = retrain_recommended(StageContext.create(spark, cfg, "if-drifted"))
+            print(f"segment run --if-drifted: {'retraining' if retrain else 'nothing to do'}: {why}")
+            if not retrain:
+                return 0
 
         run_id, results = run_pipeline(spark, cfg, resume=args.resume, run_id=args.run_id)
         _summary(spark, cfg, run_id, results)

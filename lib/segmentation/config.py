@@ -435,6 +435,19 @@ class ClusteringConfig:
 
 
 @dataclass
+class DriftConfig:
+    # A batch of unchanged behaviour raises an alarm on any statistic with probability at most alpha
+    # (each threshold: the 1 - alpha / m quantile of the statistic under a simulated null).
+    alpha: float = 0.05
+    simulations: int = 4000
+    seed: int = 7
+
+    def validate(self) -> None:
+        _require(0 < self.alpha < 1, "drift.alpha", "must be in (0, 1)")
+        _require(self.simulations >= 100, "drift.simulations", "must be at least 100")
+
+
+@dataclass
 class ReportConfig:
     path: str = "./data/reports"
 
@@ -526,6 +539,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)

@@ -94,7 +94,7 @@ STAGES: tuple[Stage, ...] = (
         "users with events since the fit -> their segments under the current segmenter (MERGE), "
         "without retraining",
         reads=(t.EVENTS_SILVER, t.USER_SEGMENTS, t.SEGMENT_CENTROIDS, "segmenter", "scaling statistics"),
-        writes=(t.USER_SEGMENTS, t.USER_SEGMENT_HISTORY),
+        writes=(t.USER_SEGMENTS, t.USER_SEGMENT_HISTORY, t.SEGMENT_DRIFT),
         in_pipeline=False,
     ),
     Stage(
@@ -115,6 +115,12 @@ COMMANDS: dict[str, str] = {
 }
 
 PIPELINE: tuple[Stage, ...] = tuple(s for s in STAGES if s.in_pipeline)
+
+
+def pipeline_tables() -> tuple[str, ...]:
+    """The product tables `segment run` writes (the others: upkeep stages', such as assign's drift)."""
+    written = {name for s in PIPELINE for name in s.writes}
+    return tuple(name for name in t.ALL_TABLES if name in written or name == t.PIPELINE_RUNS)
 
 
 def stage(name: str) -> Stage:

@@ -22,6 +22,7 @@ CLUSTERING_EVALUATION = "clustering_evaluation"
 K_EVIDENCE = "k_evidence"
 SEGMENT_LINEAGE = "segment_lineage"
 SEGMENT_TRANSITIONS = "segment_transitions"
+SEGMENT_DRIFT = "segment_drift"
 PIPELINE_RUNS = "pipeline_runs"
 
 ALL_TABLES = (
@@ -40,6 +41,7 @@ ALL_TABLES = (
     K_EVIDENCE,
     SEGMENT_LINEAGE,
     SEGMENT_TRANSITIONS,
+    SEGMENT_DRIFT,
     PIPELINE_RUNS,
 )
 
@@ -99,6 +101,14 @@ SEGMENT_TRANSITIONS_SCHEMA = (
     "run_id string, previous_run_id string, from_segment int, to_segment int, users long"
 )
 
+# Drift (assign/drift.py): per assign run, each raw feature and the segment shares of the scored users
+# against the fitted snapshot (kind feature | segment_share), and one kind `summary` row named
+# retrain_recommended whose `drifted` says whether any statistic passed its threshold.
+SEGMENT_DRIFT_SCHEMA = (
+    "run_id string, model_version string, kind string, name string, reference_rows long, batch_rows long, "
+    "bins int, psi double, js_distance double, threshold double, alpha double, drifted boolean, "
+    "measured_at timestamp"
+)
 
 # Views over the tables (registered for `segment sql`; `views.py` builds their SQL): each user's current
 # segment, and each segment of the current model; segments under privacy.min_segment_size are left out.

@@ -1,13 +1,21 @@
-"""Checks shared by the assign, identity and deep-representation tests: `assign`'s scoring path,
-applied to the fitted snapshot's own users at the snapshot's as_of, must give the fit's segments; and
-user_segment_history's open rows must be user_segments."""
+"""Checks and day-2 logs shared by the assign, identity, drift and deep-representation tests:
+`assign`'s scoring path, applied to the fitted snapshot's own users at the snapshot's as_of, must give
+the fit's segments; user_segment_history's open rows must be user_segments; raw logs of returning,
+copied and planted users after the generated month."""
+
+import datetime as dt
+import json
 
 from pyspark.sql import functions as F
 
 from segmentation.assign.stage import current_segmenter, score
 from segmentation.features.scaling import Scaler
 from segmentation.stage import StageContext
-from segmentation.tables import EVENTS_SILVER, USER_SEGMENTS
+from segmentation.tables import CANONICAL_FIELDS, EVENTS_SILVER, USER_SEGMENTS
+
+DAY2_SHIFT_DAYS = 35  # five whole weeks: past the generated month, and the same weekdays (31 days
+# moved every event three weekdays on, and the drift monitor rightly flagged weekend_share)
+PLANTED = 150  # users of a behaviour the first fit never saw: night-time ratings and searches only
 
 
 def assert_rescoring_reproduces_the_fit(spark, cfg) -> None:
@@ -43,3 +51,41 @@ def assert_history_follows_the_segments(store) -> None:
     open_rows = store.read("user_segment_history").where("is_current").select("user_id", "segment_id")
     assert open_rows.count() == current.count()
     assert current.exceptAll(open_rows).count() == 0 and open_rows.exceptAll(current).count() == 0
+
+
+def day2_logs(spark, store, returning: list[str], sources: list[str], folder) -> None:
+    """Raw JSON lines for day 2: every event of `returning` users again, and every event of `sources`
+    as a new user `new-<id>`, all moved DAY2_SHIFT_DAYS later (sessions left to ingest to infer)."""
+    silver = store.read(EVENTS_SILVER)
+    back = silver.where(F.col("user_id").isin(returning))
+    new = silver.where(F.col("user_id").isin(sources)).withColumn(
+        "user_id", F.concat(F.lit("new-"), "user_id")
+    )
+    moved = F.col("event_time") + F.expr(f"INTERVAL {DAY2_SHIFT_DAYS} DAYS")
+    fields = [c for c in CANONICAL_FIELDS if c not in ("event_time", "session_id")]
+    back.unionByName(new).select(
+        *fields, F.concat(F.date_format(moved, "yyyy-MM-dd'T'HH:mm:ss"), F.lit("+00:00")).alias("event_time")
+    ).coalesce(1).write.json(str(folder))
+
+
+def planted_group(folder, category: str, device: str) -> None:
+    """Raw JSON lines of the new group, after the generated month (no day is crowded, no new
+    category or device enters the features' vocabulary)."""
+    start = dt.datetime(2026, 10, 5, 3, 0, tzinfo=dt.UTC)
+    folder.mkdir()
+    with (folder / "planted.json").open("w") as out:
+        for u in range(PLANTED):
+            for e in range(8):
+                at = start + dt.timedelta(days=e % 2, minutes=3 * e + u % 20)
+                out.write(
+                    json.dumps(
+                        {
+                            "user_id": f"planted-{u}",
+                            "event_time": at.isoformat(),
+                            "event_type": "rate" if e % 2 else "search",
+                            "category": category,
+                            "device": device,
+                        }
+                    )
+                    + "\n"
+                )

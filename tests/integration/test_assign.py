@@ -12,8 +12,6 @@ from segmentation.errors import StageError
 from segmentation.pipeline import run_stage
 from segmentation.storage import open_store
 from segmentation.tables import (
-    CANONICAL_FIELDS,
-    EVENTS_SILVER,
     PIPELINE_RUNS,
     SEGMENT_CENTROIDS,
     USER_SEGMENTS,
@@ -22,9 +20,8 @@ from tests.conftest import LAKE_SETTINGS, make_config
 from tests.integration.segment_checks import (
     assert_history_follows_the_segments,
     assert_rescoring_reproduces_the_fit,
+    day2_logs,
 )
-
-DAY2_SHIFT_DAYS = 31  # past the generated month: the copies add days, never crowd existing ones
 
 
 def test_assign_path_rescores_the_fitted_users_as_the_fit_did(spark, lake):
@@ -36,21 +33,6 @@ def test_assign_needs_a_fitted_segmenter(spark, cfg):
         run_stage(spark, cfg, "assign", "too-early")
 
 
-def _day2_logs(spark, store, returning: list[str], sources: list[str], folder) -> None:
-    """Raw JSON lines for day 2: every event of `returning` users again, and every event of `sources`
-    as a new user `new-<id>`, all moved DAY2_SHIFT_DAYS later (sessions left to ingest to infer)."""
-    silver = store.read(EVENTS_SILVER)
-    back = silver.where(F.col("user_id").isin(returning))
-    new = silver.where(F.col("user_id").isin(sources)).withColumn(
-        "user_id", F.concat(F.lit("new-"), "user_id")
-    )
-    moved = F.col("event_time") + F.expr(f"INTERVAL {DAY2_SHIFT_DAYS} DAYS")
-    fields = [c for c in CANONICAL_FIELDS if c not in ("event_time", "session_id")]
-    back.unionByName(new).select(
-        *fields, F.concat(F.date_format(moved, "yyyy-MM-dd'T'HH:mm:ss"), F.lit("+00:00")).alias("event_time")
-    ).coalesce(1).write.json(str(folder))
-
-
 @pytest.mark.slow
 def test_assign_scores_only_users_with_new_events_and_twice_changes_nothing(spark, lake, tmp_path):
     shutil.copytree(lake.root / "lake", tmp_path / "lake")
@@ -59,7 +41,7 @@ def test_assign_scores_only_users_with_new_events_and_twice_changes_nothing(spar
     before = {r.user_id: r for r in store.read(USER_SEGMENTS).collect()}  # 2k users: small
     users = sorted(before)
     returning, sources = users[:12], users[12:20]
-    _day2_logs(spark, store, returning, sources, tmp_path / "day2")
+    day2_logs(spark, store, returning, sources, tmp_path / "day2")
 
     run_stage(spark, cfg, "ingest", "day2-ingest")
     result = run_stage(spark, cfg, "assign", "day2-assign")

@@ -17,8 +17,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from segmentation.cli import main
+from segmentation.registry import pipeline_tables
 from segmentation.storage import open_store
-from segmentation.tables import ALL_TABLES, PIPELINE_RUNS
+from segmentation.tables import PIPELINE_RUNS
 from tests.conftest import REPO, make_config, python_with_dependencies_only
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,7 @@ def test_readme_command_runs_the_pipeline_on_the_cluster(spark, standalone_clust
     assert {s: r.status for s, r in runs.items()} == {
         s: "success" for s in ("ingest", "features", "train", "embed", "sequence", "cluster", "report")
     }
-    for name in ALL_TABLES:
+    for name in pipeline_tables():
         assert store.exists(name), name
         # written by delta-spark (the event tables' last commit records their privacy mode)
         operations = ("WRITE", "MERGE", "CREATE TABLE", "SET TBLPROPERTIES")

@@ -12,8 +12,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.cli import main
+from segmentation.registry import pipeline_tables
 from segmentation.storage import TABLE_PROPERTIES, DeltaRsStore, DeltaSparkStore
-from segmentation.tables import ALL_TABLES
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +43,14 @@ def rs_copy(spark, lake, stores, tmp_path_factory):
     spark_store, _ = stores
     root = tmp_path_factory.mktemp("rs_lake")
     copy = DeltaRsStore(spark, replace(lake.cfg.storage, root=str(root)))
-    for name in ALL_TABLES:
+    for name in pipeline_tables():
         copy.overwrite(spark_store.read(name), name, spark_store.partition_columns(name))
     return copy
 
 
 def test_the_pipeline_wrote_every_table_with_delta_spark(spark, lake, stores):
     spark_store, _ = stores
-    for name in ALL_TABLES:
+    for name in pipeline_tables():
         history = spark_store.history(name)
         assert history, name
         # delta-spark's own operations are in the log: WRITE, MERGE (pipeline_runs), ...
@@ -61,14 +61,14 @@ def test_the_pipeline_wrote_every_table_with_delta_spark(spark, lake, stores):
 
 def test_delta_rs_reads_every_table_delta_spark_wrote(spark, stores):
     spark_store, rs_store = stores
-    for name in ALL_TABLES:
+    for name in pipeline_tables():
         assert_same_rows(spark_store.read(name), rs_store.read(name), name)
 
 
 def test_delta_spark_reads_every_table_delta_rs_wrote(spark, lake, stores, rs_copy):
     spark_store, _ = stores
     delta_spark_reader = DeltaSparkStore(spark, rs_copy.cfg)
-    for name in ALL_TABLES:
+    for name in pipeline_tables():
         assert_same_rows(spark_store.read(name), delta_spark_reader.read(name), name)
         assert delta_spark_reader.partition_columns(name) == spark_store.partition_columns(name), name
 
@@ -76,7 +76,7 @@ def test_delta_spark_reads_every_table_delta_rs_wrote(spark, lake, stores, rs_co
 def test_every_table_has_the_interop_profile(stores, rs_copy):
     spark_store, _ = stores
     for store in (spark_store, rs_copy):
-        for name in ALL_TABLES:
+        for name in pipeline_tables():
             properties = store.properties(name)
             assert {k: properties.get(k) for k in TABLE_PROPERTIES} == TABLE_PROPERTIES, (store, name)
             assert store.protocol(name) == (1, 2), (store.engine_name, name)
@@ -90,7 +90,7 @@ def test_polars_and_duckdb_read_every_table_of_both_engines(spark, stores, rs_co
     con = duckdb.connect()
     con.execute(f"LOAD '{_duckdb_delta_extension()}'")
     for store in (spark_store, rs_copy):
-        for name in ALL_TABLES:
+        for name in pipeline_tables():
             expected = spark_store.read(name)
             n = expected.count()
             frame = pl.read_delta(store.location(name))
@@ -132,15 +132,15 @@ def test_time_travel_and_history_in_segment_sql(spark, lake, stores, capsys):
 
 def test_maintain_compacts_and_vacuums_without_changing_a_row(spark, lake, stores, capsys):
     spark_store, _ = stores
-    before = {name: canonical(spark_store.read(name)).cache() for name in ALL_TABLES}
+    before = {name: canonical(spark_store.read(name)).cache() for name in pipeline_tables()}
     counts = {name: frame.count() for name, frame in before.items()}  # materialized now, before maintain
-    versions = {name: spark_store.version(name) for name in ALL_TABLES}
-    files = {name: len(spark_store.snapshot(name).files) for name in ALL_TABLES}
+    versions = {name: spark_store.version(name) for name in pipeline_tables()}
+    files = {name: len(spark_store.snapshot(name).files) for name in pipeline_tables()}
     try:
         assert main(["maintain", *lake.args]) == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary["rows_in"] == summary["rows_out"] > 0
-        for name in ALL_TABLES:
+        for name in pipeline_tables():
             after = canonical(spark_store.read(name))
             assert before[name].exceptAll(after).count() == 0, name
             # pipeline_runs gains maintain's own row; no other table gains or loses one.
@@ -153,7 +153,7 @@ def test_maintain_compacts_and_vacuums_without_changing_a_row(spark, lake, store
         assert silver_files <= max(files["events_silver"], partitions)
         runs = spark_store.read("pipeline_runs").where("stage = 'maintain' AND status = 'success'")
         details = json.loads(runs.head().details)
-        assert details["engine"] == "delta-spark" and set(details["tables"]) == set(ALL_TABLES)
+        assert details["engine"] == "delta-spark" and set(details["tables"]) == set(pipeline_tables())
     finally:
         for frame in before.values():
             frame.unpersist()

@@ -3,8 +3,6 @@ every id and label; a refit after a planted new behaviour group arrives adds exa
 the others, and records who moved where (segment_lineage, segment_transitions); assign then scores
 with the stable ids."""
 
-import datetime as dt
-import json
 import shutil
 
 import pytest
@@ -15,34 +13,11 @@ from segmentation.storage import open_store
 from segmentation.tables import SEGMENT_PROFILES, USER_SEGMENTS
 from tests.conftest import LAKE_SETTINGS, make_config
 from tests.integration.segment_checks import (
+    PLANTED,
     assert_history_follows_the_segments,
     assert_rescoring_reproduces_the_fit,
+    planted_group,
 )
-
-PLANTED = 150  # users of a behaviour the first fit never saw: night-time ratings and searches only
-
-
-def _planted_group(folder, category: str, device: str) -> None:
-    """Raw JSON lines of the new group, after the generated month (no day is crowded, no new
-    category or device enters the features' vocabulary)."""
-    start = dt.datetime(2026, 10, 5, 3, 0, tzinfo=dt.UTC)
-    folder.mkdir()
-    with (folder / "planted.json").open("w") as out:
-        for u in range(PLANTED):
-            for e in range(8):
-                at = start + dt.timedelta(days=e % 2, minutes=3 * e + u % 20)
-                out.write(
-                    json.dumps(
-                        {
-                            "user_id": f"planted-{u}",
-                            "event_time": at.isoformat(),
-                            "event_type": "rate" if e % 2 else "search",
-                            "category": category,
-                            "device": device,
-                        }
-                    )
-                    + "\n"
-                )
 
 
 def _lineage(store, run_id: str) -> list:
@@ -82,7 +57,7 @@ def test_refits_keep_segment_ids_and_a_new_group_gets_exactly_one_new_id(spark, 
     assert all(m.from_segment == m.to_segment for m in moves)
 
     top = store.read("events_silver").groupBy("category", "device").count().orderBy(F.desc("count")).head()
-    _planted_group(tmp_path / "day2", top.category, top.device)
+    planted_group(tmp_path / "day2", top.category, top.device)
     for stage in ("ingest", "features", "embed"):
         run_stage(spark, cfg, stage, "day2")
     cfg.clustering.k = [k + 1]

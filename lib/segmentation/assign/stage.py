@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.artifacts import published
+from segmentation.assign import drift
 from segmentation.cluster import history
 from segmentation.cluster.fit import apply_model
 from segmentation.cluster.metrics import with_distance
@@ -64,6 +65,8 @@ class AssignResult(StageResult):
     users_scored: int = summary_field(0)
     users_written: int = summary_field(0)
     new_users: int = summary_field(0)
+    drifted: bool | None = summary_field()  # None: drift not measured (see the log)
+    drifted_statistics: list[str] = field(default_factory=list)
 
 
 def run(ctx: StageContext) -> AssignResult:
@@ -75,7 +78,9 @@ def run(ctx: StageContext) -> AssignResult:
     as_of = latest_event(silver)
     ctx.describe(f"assign: users with events after {segmenter.features_as_of} (model {segmenter.run_id})")
     scaler = Scaler.load(ctx.paths.scaling(segmenter.features_run_id))
-    scored = score(ctx, segmenter, scaler, silver, as_of, segmenter.as_of).cache()
+    users = batch(ctx, scaler, silver, as_of, segmenter.as_of)
+    users = replace(users, scaled=users.scaled.cache())
+    scored = segment_rows(ctx, segmenter, scaler, users).cache()
     written = None
     try:
         with session_setting(ctx.spark, ARROW_BATCH, str(ctx.cfg.embed.batch_size)):
@@ -91,7 +96,11 @@ def run(ctx: StageContext) -> AssignResult:
             ctx.describe(f"assign: merge {n_written} rows into {USER_SEGMENTS}")
             ctx.store.merge(written.drop("_new"), USER_SEGMENTS, ["user_id"])
         history.sync(ctx)  # also catches up a sync an earlier run did not reach
+        measured = (
+            drift.measure(ctx, segmenter, scaler.feature_names, users.scaled, scored) if n_scored else None
+        )
     finally:
+        users.scaled.unpersist()
         scored.unpersist()
         if written is not None:
             written.unpersist()
@@ -108,6 +117,8 @@ def run(ctx: StageContext) -> AssignResult:
         users_scored=n_scored,
         users_written=n_written,
         new_users=n_new,
+        drifted=None if measured is None else any(r.drifted for r in measured),
+        drifted_statistics=[r.name for r in measured or [] if r.drifted],
     )
 
 
@@ -125,6 +136,30 @@ def current_segmenter(ctx: StageContext) -> Segmenter:
     return Segmenter.load(ctx.paths, version)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """The users to score: their features as the snapshot's rules build them, and their events."""
+
+    scaled: DataFrame  # user_id, the raw feature columns, features (array<float>), as_of, run_id
+    events: DataFrame  # their events in the features window
+    rules: FeaturesConfig  # the features config with the snapshot's rules
+
+
+def batch(
+    ctx: StageContext, scaler: Scaler, silver: DataFrame, as_of: dt.datetime, since: dt.datetime | None
+) -> Batch:
+    """Every non-bot user with an event after `since` (every user when None) and at least
+    `features.min_events` events in the features window ending at `as_of`."""
+    cfg = snapshot_rules(ctx.cfg.features, scaler)
+    theirs = silver
+    if since is not None:
+        active = silver.where(F.col("event_time") > F.lit(since)).select("user_id").distinct()
+        theirs = silver.join(active, "user_id", "left_semi")
+    events = window(theirs.join(bot_flagged_users(theirs), "user_id", "left_anti"), as_of, cfg.lookback_days)
+    users = eligible_users(events, Vocabulary.from_dict(scaler.vocabulary), as_of, cfg)
+    return Batch(scaled_features(users, scaler.feature_names, scaler, as_of, ctx.run_id), events, cfg)
+
+
 def score(
     ctx: StageContext,
     segmenter: Segmenter,
@@ -133,17 +168,13 @@ def score(
     as_of: dt.datetime,
     since: dt.datetime | None,
 ) -> DataFrame:
-    """Input: silver. Output: `user_segments` rows (`Segmenter.rows`) of every non-bot user with an
-    event after `since` (every user when None) and at least `features.min_events` events in the
-    features window ending at `as_of`."""
-    cfg = snapshot_rules(ctx.cfg.features, scaler)
-    theirs = silver
-    if since is not None:
-        active = silver.where(F.col("event_time") > F.lit(since)).select("user_id").distinct()
-        theirs = silver.join(active, "user_id", "left_semi")
-    events = window(theirs.join(bot_flagged_users(theirs), "user_id", "left_anti"), as_of, cfg.lookback_days)
-    users = eligible_users(events, Vocabulary.from_dict(scaler.vocabulary), as_of, cfg)
-    scaled = scaled_features(users, scaler.feature_names, scaler, as_of, ctx.run_id)
+    """Input: silver. Output: `user_segments` rows (`Segmenter.rows`) of `batch`'s users."""
+    return segment_rows(ctx, segmenter, scaler, batch(ctx, scaler, silver, as_of, since))
+
+
+def segment_rows(ctx: StageContext, segmenter: Segmenter, scaler: Scaler, users: Batch) -> DataFrame:
+    """`user_segments` rows of the batch's users: embedded, given a segment and its distance."""
+    cfg, scaled, events = users.rules, users.scaled, users.events
     points = representation(ctx, segmenter, scaler, cfg, scaled, events).withColumn(
         "vector", array_to_vector("values")
     )
