@@ -17,6 +17,7 @@ threshold used is stored with every row.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,6 +201,7 @@ def measure(
     summary = Drift(
         "summary", RETRAIN, rows[0].reference_rows, rows[0].batch_rows, 0, None, None, None, bool(drifted)
     )
+    measured_at = dt.datetime.now(dt.UTC)
     frame = ctx.spark.createDataFrame(
         [
             (
@@ -215,11 +217,12 @@ def measure(
                 r.threshold,
                 cfg.alpha,
                 r.drifted,
+                measured_at,
             )
             for r in [*rows, summary]
         ],
-        SEGMENT_DRIFT_SCHEMA.rsplit(",", 1)[0],
-    ).withColumn("measured_at", F.current_timestamp())
+        SEGMENT_DRIFT_SCHEMA,
+    )
     ctx.store.replace_where(frame, SEGMENT_DRIFT, "run_id", [ctx.run_id])
     if drifted:
         log.warning(
