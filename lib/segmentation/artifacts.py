@@ -68,12 +68,14 @@ class ArtifactPaths:
     root: Path
     reports: Path
     truth: Path
+    stream_checkpoint_setting: Path | None = None  # stream.checkpoint, when set
 
     @classmethod
     def from_config(cls, cfg: Config) -> ArtifactPaths:
-        root = cfg.storage.artifacts or str(Path(cfg.storage.root) / "_artifacts")
+        root = Path(cfg.storage.artifacts or str(Path(cfg.storage.root) / "_artifacts"))
         truth = cfg.clustering.truth_path or cls.planted_truth_beside(cfg.input.path)
-        return cls(root=Path(root), reports=Path(cfg.report.path), truth=Path(truth))
+        checkpoint = Path(cfg.stream.checkpoint) if cfg.stream.checkpoint else None
+        return cls(root, Path(cfg.report.path), Path(truth), checkpoint)
 
     @staticmethod
     def planted_truth_beside(input_path: str) -> Path:
@@ -132,12 +134,21 @@ class ArtifactPaths:
     def segmenter(self, run_id: str) -> Path:
         return self.segmenters / path_component(run_id)
 
+    def drift_reference(self, run_id: str) -> Path:
+        """The fitted snapshot's binned features (drift's reference), beside the segmenter."""
+        return self.segmenter(run_id) / "drift_reference.json"
+
     @property
     def current_segmenter(self) -> Path:
         return self.segmenters / "CURRENT"
 
     def report(self, run_id: str) -> Path:
         return self.reports / f"report-{path_component(run_id)}.html"
+
+    @property
+    def stream_checkpoint(self) -> Path:
+        """`segment stream`'s checkpoint: which files it processed, which micro-batch comes next."""
+        return self.stream_checkpoint_setting or self.root / "stream" / "checkpoint"
 
     @property
     def mlruns(self) -> Path:

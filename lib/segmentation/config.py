@@ -447,6 +447,42 @@ class DriftConfig:
         _require(self.simulations >= 100, "drift.simulations", "must be at least 100")
 
 
+STREAM_TRIGGERS = ("available_now", "processing_time")
+_INTERVAL = re.compile(r"^\d+ *(milliseconds?|seconds?|minutes?|hours?)$")
+_FILE_AGE = re.compile(r"^\d+(ms|s|m|min|h|d)$")
+
+
+@dataclass
+class StreamConfig:
+    trigger: str = "available_now"
+    interval: str = "1 minute"
+    max_files_per_trigger: int = 100
+    max_file_age: str = "365d"
+    checkpoint: str | None = None
+    assign: bool = True
+
+    def validate(self) -> None:
+        _require(
+            self.trigger in STREAM_TRIGGERS, "stream.trigger", f"must be one of {', '.join(STREAM_TRIGGERS)}"
+        )
+        _require(
+            bool(_INTERVAL.match(self.interval.strip())),
+            "stream.interval",
+            f"{self.interval!r} is not an interval such as '30 seconds' or '5 minutes'",
+        )
+        _require(self.max_files_per_trigger >= 1, "stream.max_files_per_trigger", "must be at least 1")
+        _require(
+            bool(_FILE_AGE.match(self.max_file_age.strip())),
+            "stream.max_file_age",
+            f"{self.max_file_age!r} is not a duration such as '7d' or '12h'",
+        )
+        _require(
+            self.checkpoint is None or bool(self.checkpoint.strip()),
+            "stream.checkpoint",
+            "must name a directory",
+        )
+
+
 @dataclass
 class ReportConfig:
     path: str = "./data/reports"
@@ -540,6 +576,7 @@ class Config:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)

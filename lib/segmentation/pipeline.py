@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
@@ -24,7 +25,12 @@ def run_stage(spark: SparkSession, cfg: Config, name: str, run_id: str | None = 
 
 
 def run_in_context(ctx: StageContext, name: str) -> StageResult:
-    function = stage(name).function()
+    return recorded(ctx, name, stage(name).function())
+
+
+def recorded(ctx: StageContext, name: str, function: Callable[[StageContext], StageResult]) -> StageResult:
+    """Run `function(ctx)` recorded in pipeline_runs as `name` under `ctx.run_id`: `running` before any
+    work, then `success` with its result or `failed` with the error (re-raised)."""
     started = dt.datetime.now(dt.UTC)
     clock = time.perf_counter()
     log.info("stage %s: started (run %s)", name, ctx.run_id)

@@ -98,6 +98,22 @@ STAGES: tuple[Stage, ...] = (
         in_pipeline=False,
     ),
     Stage(
+        "stream",
+        "files as they arrive under input.path -> ingest and assign per micro-batch (Structured "
+        "Streaming, checkpointed)",
+        reads=("input.path", t.USER_SEGMENTS, t.SEGMENT_CENTROIDS, "segmenter", "scaling statistics"),
+        writes=(
+            t.EVENTS_BRONZE,
+            t.EVENTS_SILVER,
+            t.EVENTS_QUARANTINE,
+            t.USER_SEGMENTS,
+            t.USER_SEGMENT_HISTORY,
+            t.SEGMENT_DRIFT,
+            "stream checkpoint",
+        ),
+        in_pipeline=False,
+    ),
+    Stage(
         "maintain",
         "nightly table upkeep: purge deletion vectors, OPTIMIZE, VACUUM",
         reads=t.ALL_TABLES,

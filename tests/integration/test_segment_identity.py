@@ -1,7 +1,8 @@
 """Stable segment ids across retrains, on a copy of the shared lake: a refit on the same data keeps
 every id and label; a refit after a planted new behaviour group arrives adds exactly one new id, keeps
 the others, and records who moved where (segment_lineage, segment_transitions); assign then scores
-with the stable ids."""
+with the stable ids. Each refit also measures the drift of its snapshot against the previous model's
+(none on the same data; the planted group's share of night-time activity after it arrives)."""
 
 import shutil
 
@@ -22,6 +23,10 @@ from tests.integration.segment_checks import (
 
 def _lineage(store, run_id: str) -> list:
     return store.read("segment_lineage").where(F.col("run_id") == run_id).collect()
+
+
+def _drift(store, run_id: str) -> list:
+    return store.read("segment_drift").where(F.col("run_id") == run_id).collect()
 
 
 def _members(store) -> dict[str, int]:
@@ -55,6 +60,11 @@ def test_refits_keep_segment_ids_and_a_new_group_gets_exactly_one_new_id(spark, 
     assert {r.segment_id: r.label for r in store.read(SEGMENT_PROFILES).collect()} == labels
     moves = store.read("segment_transitions").where("run_id = 'fit-2'").collect()
     assert all(m.from_segment == m.to_segment for m in moves)
+    between = _drift(store, "fit-2")  # the same snapshot as fit-1's: nothing moved at all
+    assert between and {r.model_version for r in between} == {"fit-1"}
+    assert all(
+        r.psi == pytest.approx(0.0, abs=1e-12) and not r.drifted for r in between if r.kind == "feature"
+    )
 
     top = store.read("events_silver").groupBy("category", "device").count().orderBy(F.desc("count")).head()
     planted_group(tmp_path / "day2", top.category, top.device)
@@ -62,6 +72,10 @@ def test_refits_keep_segment_ids_and_a_new_group_gets_exactly_one_new_id(spark, 
         run_stage(spark, cfg, stage, "day2")
     cfg.clustering.k = [k + 1]
     run_stage(spark, cfg, "cluster", "fit-3")
+
+    between = {r.name: r for r in _drift(store, "fit-3")}  # fit-2's snapshot against the planted group's
+    assert between["retrain_recommended"].drifted and between["share_night"].drifted
+    assert between["share_night"].model_version == "fit-2"
 
     rows = _lineage(store, "fit-3")
     new = [r for r in rows if r.status == "new"]

@@ -66,6 +66,10 @@ def test_databricks_overlay_is_valid():
         ("training.max_steps_per_epoch=0", "training.max_steps_per_epoch"),
         ("maintain.vacuum_retain_hours=1", "maintain.vacuum_retain_hours"),
         ("maintain.tables=[users]", "maintain.tables"),
+        ("stream.trigger=once", "stream.trigger"),
+        ("stream.interval=often", "stream.interval"),
+        ("stream.max_files_per_trigger=0", "stream.max_files_per_trigger"),
+        ("stream.max_file_age=a week", "stream.max_file_age"),
     ],
 )
 def test_bad_config_names_the_key(override, key):
@@ -128,3 +132,10 @@ def test_yaml_words_stay_words():
     `clustering.stability: off` means the documented value."""
     cfg = load_config([], ["clustering.stability=off"])
     assert cfg.clustering.stability == "off"
+
+
+def test_stream_checkpoint_defaults_beside_the_artifacts_and_can_be_set(tmp_path):
+    cfg = load_config([], [f"storage.root={tmp_path}"])
+    assert cfg.paths.stream_checkpoint == tmp_path / "_artifacts" / "stream" / "checkpoint"
+    moved = load_config([], [f"storage.root={tmp_path}", f"stream.checkpoint={tmp_path / 'ck'}"])
+    assert moved.paths.stream_checkpoint == tmp_path / "ck"

@@ -18,15 +18,17 @@ threshold used is stored with every row.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from segmentation.artifacts import published
+from segmentation.artifacts import atomic_write_text, published
 from segmentation.cluster.segmenter import Segmenter
 from segmentation.stage import StageContext
 from segmentation.tables import SEGMENT_CENTROIDS, SEGMENT_DRIFT, SEGMENT_DRIFT_SCHEMA, USER_FEATURES
@@ -135,29 +137,53 @@ def _bin(column: str, cuts: list[float]) -> Column:
 
 def histograms(frame: DataFrame, cuts: dict[str, list[float]]) -> dict[str, np.ndarray]:
     """Input: rows with the feature columns of `cuts`. Output: each feature's bin counts (one
-    aggregation; bins x features columns come back, no rows)."""
-    exprs = [
-        F.count(F.when(_bin(name, c) == b, 1)).alias(f"{name}__{b}")
-        for name, c in cuts.items()
-        for b in range(len(c) + 1)
-    ]
-    row = frame.agg(*exprs).head().asDict()
-    return {
-        name: np.array([row[f"{name}__{b}"] for b in range(len(c) + 1)], dtype=float)
-        for name, c in cuts.items()
-    }
+    aggregation; features x bins rows come back). Each row is turned into one (feature, bin) pair per
+    feature and those are counted: one small expression per feature, where a count per (feature, bin)
+    pair, each with its own binning, took Spark ~15 s to compile for 40 features, whatever the rows."""
+    pairs = F.array(
+        *[F.struct(F.lit(name).alias("name"), _bin(name, c).alias("bin")) for name, c in cuts.items()]
+    )
+    counts = frame.select(F.explode(pairs).alias("pair")).groupBy("pair.name", "pair.bin").count().collect()
+    out = {name: np.zeros(len(c) + 1) for name, c in cuts.items()}
+    for r in counts:
+        out[r["name"]][r["bin"]] = r["count"]
+    return out
 
 
-def measure(
-    ctx: StageContext, segmenter: Segmenter, names: Sequence[str], batch: DataFrame, segments: DataFrame
-) -> list[Drift] | None:
-    """Input: the scored users' raw features (`names`) and their segments (segment_id). Compares
-    them with the fitted snapshot (user_features, when it still holds the segmenter's snapshot) and the
-    fit's segment sizes (segment_centroids), writes this run's rows of segment_drift and returns them;
-    None when there is nothing to compare."""
-    cfg = ctx.cfg.drift
-    reference = ctx.store.read_or_fail(USER_FEATURES, "drift")
-    held = reference.select("run_id").head()
+@dataclass(frozen=True)
+class Reference:
+    """A fitted snapshot's features binned at their deciles: what drift compares new users with. Saved
+    beside the segmenter at the fit, so drift does not depend on what user_features holds later."""
+
+    cuts: dict[str, list[float]]
+    counts: dict[str, list[float]]
+
+    @classmethod
+    def of(cls, snapshot: DataFrame, names: Sequence[str]) -> Reference:
+        """Input: user_features (the raw feature columns `names`). One quantile pass, one aggregation."""
+        cuts = decile_cuts(snapshot, names)
+        return cls(cuts, {name: counts.tolist() for name, counts in histograms(snapshot, cuts).items()})
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> Reference | None:
+        """None for a segmenter saved before references were (drift then reads user_features)."""
+        if not path.is_file():
+            return None
+        values = json.loads(path.read_text())
+        return cls(values["cuts"], values["counts"])
+
+
+def reference(ctx: StageContext, segmenter: Segmenter, names: Sequence[str]) -> Reference | None:
+    """The segmenter's saved reference, or for an older segmenter one computed from user_features when
+    that still holds its snapshot (None otherwise, with a warning)."""
+    saved = Reference.load(ctx.paths.drift_reference(segmenter.run_id))
+    if saved is not None:
+        return saved
+    snapshot = ctx.store.read_or_fail(USER_FEATURES, "drift")
+    held = snapshot.select("run_id").head()
     if held is None or held[0] != segmenter.features_run_id:
         log.warning(
             "drift: not measured: user_features holds snapshot %s, the model was fitted on %s",
@@ -165,8 +191,22 @@ def measure(
             segmenter.features_run_id,
         )
         return None
-    cuts = decile_cuts(reference, names)
-    before, after = histograms(reference, cuts), histograms(batch, cuts)
+    return Reference.of(snapshot, names)
+
+
+def measure(
+    ctx: StageContext, segmenter: Segmenter, names: Sequence[str], batch: DataFrame, segments: DataFrame
+) -> list[Drift] | None:
+    """Input: the scored users' raw features (`names`) and their segments (segment_id). Compares
+    them with the fitted snapshot (the segmenter's reference) and the fit's segment sizes
+    (segment_centroids), writes this run's rows of segment_drift and returns them; None when there is
+    nothing to compare."""
+    cfg = ctx.cfg.drift
+    ref = reference(ctx, segmenter, names)
+    if ref is None:
+        return None
+    names = [name for name in names if name in ref.cuts]
+    after = histograms(batch, {name: ref.cuts[name] for name in names})
     sizes = {
         r.segment_id: r.size for r in ctx.store.read(SEGMENT_CENTROIDS).select("segment_id", "size").collect()
     }
@@ -178,7 +218,7 @@ def measure(
     rows = compare(
         "feature",
         names,
-        [before[n] for n in names],
+        [np.array(ref.counts[n]) for n in names],
         [after[n] for n in names],
         cfg.alpha,
         tests,
@@ -195,6 +235,34 @@ def measure(
         cfg.simulations,
         cfg.seed + 1,
     )
+    advice = "retraining is recommended (`segment run --if-drifted` retrains now)"
+    return _record(ctx, segmenter.run_id, rows, "the users scored against the fit", advice)
+
+
+def between_fits(ctx: StageContext, previous: Segmenter, snapshot: DataFrame) -> list[Drift] | None:
+    """After a fit: the new snapshot (user_features) against the one the previous model was fitted on,
+    feature by feature, with the same null-calibrated thresholds. Rows go to segment_drift under this
+    run with the previous model's version (so they never decide `--if-drifted` for the new one)."""
+    cfg = ctx.cfg.drift
+    ref = Reference.load(ctx.paths.drift_reference(previous.run_id))
+    if ref is None:
+        log.info("drift: the previous model %s saved no reference; not compared", previous.run_id)
+        return None
+    names = [name for name in ref.cuts if name in snapshot.columns]
+    after = histograms(snapshot, {name: ref.cuts[name] for name in names})
+    before = [np.array(ref.counts[n]) for n in names]
+    rows = compare(
+        "feature", names, before, [after[n] for n in names], cfg.alpha, len(names), cfg.simulations, cfg.seed
+    )
+    what = f"this fit's snapshot against model {previous.run_id}'s"
+    return _record(ctx, previous.run_id, rows, what, "behaviour changed between the two fits")
+
+
+def _record(
+    ctx: StageContext, model_version: str, rows: list[Drift], what: str, advice: str
+) -> list[Drift] | None:
+    """Write `rows` and their summary as this run's rows of segment_drift; log the verdict."""
+    cfg = ctx.cfg.drift
     if not rows:
         return None
     drifted = [r for r in rows if r.drifted]
@@ -206,7 +274,7 @@ def measure(
         [
             (
                 ctx.run_id,
-                segmenter.run_id,
+                model_version,
                 r.kind,
                 r.name,
                 r.reference_rows,
@@ -226,14 +294,20 @@ def measure(
     ctx.store.replace_where(frame, SEGMENT_DRIFT, "run_id", [ctx.run_id])
     if drifted:
         log.warning(
-            "drift: %d of %d statistics past their null-calibrated thresholds (%s): retraining is "
-            "recommended (`segment run --if-drifted` retrains now)",
+            "drift of %s: %d of %d statistics past their null-calibrated thresholds (%s): %s",
+            what,
             len(drifted),
             len(rows),
             ", ".join(f"{r.name} PSI {r.psi:.3f} > {r.threshold:.3f}" for r in drifted[:5]),
+            advice,
         )
     else:
-        log.info("drift: none of %d statistics past their thresholds (alpha %.2f)", len(rows), cfg.alpha)
+        log.info(
+            "drift of %s: none of %d statistics past their thresholds (alpha %.2f)",
+            what,
+            len(rows),
+            cfg.alpha,
+        )
     return rows
 
 

@@ -71,14 +71,31 @@ class AssignResult(StageResult):
 
 def run(ctx: StageContext) -> AssignResult:
     segmenter = current_segmenter(ctx)
+    silver = ctx.store.read_or_fail(EVENTS_SILVER, "assign")
+    return assign_users(ctx, segmenter, silver, active_since(silver, segmenter.as_of))
+
+
+def active_since(events: DataFrame, since: dt.datetime | None) -> DataFrame | None:
+    """Input: events (user_id, event_time). Output: user_id of every user with an event after
+    `since` (None, meaning every user, when `since` is None)."""
+    if since is None:
+        return None
+    return events.where(F.col("event_time") > F.lit(since)).select("user_id").distinct()
+
+
+def assign_users(
+    ctx: StageContext, segmenter: Segmenter, silver: DataFrame, active: DataFrame | None
+) -> AssignResult:
+    """Score the `active` users (user_id) under `segmenter`, MERGE the rows that changed into
+    user_segments, bring the history up to date and measure drift on them. `segment assign` passes the
+    users active since the fit; each `segment stream` micro-batch the users of its files."""
     existing = ctx.store.read_or_fail(USER_SEGMENTS, "assign")
     if "model_version" not in existing.columns:
         raise StageError("user_segments was written before assign existed: run `segment cluster` once")
-    silver = ctx.store.read_or_fail(EVENTS_SILVER, "assign")
     as_of = latest_event(silver)
     ctx.describe(f"assign: users with events after {segmenter.features_as_of} (model {segmenter.run_id})")
     scaler = Scaler.load(ctx.paths.scaling(segmenter.features_run_id))
-    users = batch(ctx, scaler, silver, as_of, segmenter.as_of)
+    users = batch(ctx, scaler, silver, as_of, active)
     users = replace(users, scaled=users.scaled.cache())
     scored = segment_rows(ctx, segmenter, scaler, users).cache()
     written = None
@@ -146,15 +163,12 @@ class Batch:
 
 
 def batch(
-    ctx: StageContext, scaler: Scaler, silver: DataFrame, as_of: dt.datetime, since: dt.datetime | None
+    ctx: StageContext, scaler: Scaler, silver: DataFrame, as_of: dt.datetime, active: DataFrame | None
 ) -> Batch:
-    """Every non-bot user with an event after `since` (every user when None) and at least
+    """The `active` users (user_id; every user when None) that are not bots and have at least
     `features.min_events` events in the features window ending at `as_of`."""
     cfg = snapshot_rules(ctx.cfg.features, scaler)
-    theirs = silver
-    if since is not None:
-        active = silver.where(F.col("event_time") > F.lit(since)).select("user_id").distinct()
-        theirs = silver.join(active, "user_id", "left_semi")
+    theirs = silver if active is None else silver.join(active, "user_id", "left_semi")
     events = window(theirs.join(bot_flagged_users(theirs), "user_id", "left_anti"), as_of, cfg.lookback_days)
     users = eligible_users(events, Vocabulary.from_dict(scaler.vocabulary), as_of, cfg)
     return Batch(scaled_features(users, scaler.feature_names, scaler, as_of, ctx.run_id), events, cfg)
@@ -168,8 +182,10 @@ def score(
     as_of: dt.datetime,
     since: dt.datetime | None,
 ) -> DataFrame:
-    """Input: silver. Output: `user_segments` rows (`Segmenter.rows`) of `batch`'s users."""
-    return segment_rows(ctx, segmenter, scaler, batch(ctx, scaler, silver, as_of, since))
+    """Input: silver. Output: `user_segments` rows (`Segmenter.rows`) of the users active since `since`."""
+    return segment_rows(
+        ctx, segmenter, scaler, batch(ctx, scaler, silver, as_of, active_since(silver, since))
+    )
 
 
 def segment_rows(ctx: StageContext, segmenter: Segmenter, scaler: Scaler, users: Batch) -> DataFrame:

@@ -21,7 +21,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.arrays import list_column_matrix
-from segmentation.artifacts import publish
+from segmentation.artifacts import publish, published
+from segmentation.assign import drift
 from segmentation.cluster import history, kselect
 from segmentation.cluster.density import NOISE, DensityModel
 from segmentation.cluster.evaluate import REPRESENTATIONS, Evaluation, evaluate_partition, log_evaluation
@@ -35,6 +36,7 @@ from segmentation.cluster.refine import refine, refined_embedding
 from segmentation.cluster.segmenter import FIT, Segmenter
 from segmentation.cluster.selection import select
 from segmentation.errors import StageError
+from segmentation.features.scaling import Scaler
 from segmentation.sequence.stage import REPRESENTATION as SEQUENCE
 from segmentation.sequence.tokens import FIELDS
 from segmentation.stage import StageContext, StageResult, summary_field
@@ -346,7 +348,10 @@ def _write_selected(
         )
         identity.keep_labels(profiles.rows)
         _log_profiles(profiles, cfg.privacy.min_segment_size)
+        previous = _published_segmenter(ctx)
         directory = segmenter.save(ctx.paths, model)
+        raw_names = Scaler.load(ctx.paths.scaling(segmenter.features_run_id)).feature_names
+        drift.Reference.of(features, raw_names).save(ctx.paths.drift_reference(run_id))
         log.info("cluster: model saved to %s", directory)
         ctx.describe("cluster: publish")
         identity.write(ctx)
@@ -357,6 +362,8 @@ def _write_selected(
         store.overwrite(segments, USER_SEGMENTS)
         publish(ctx.paths.current_segmenter, run_id)
         history.sync(ctx)
+        if previous is not None:
+            drift.between_fits(ctx, previous, features)
         centres.unpersist()
     finally:
         fitted.unpersist()
@@ -446,6 +453,18 @@ def _encoder_version(ctx: StageContext, representation: str) -> str | None:
     if representation == SEQUENCE:
         return ctx.store.read(USER_SEQUENCE_EMBEDDINGS).select("model_version").head()[0]
     return None
+
+
+def _published_segmenter(ctx: StageContext) -> Segmenter | None:
+    """The segmenter in use before this run (None before the first fit, or one too old to load)."""
+    version = published(ctx.paths.current_segmenter)
+    if version is None or version == ctx.run_id:
+        return None
+    try:
+        return Segmenter.load(ctx.paths, version)
+    except StageError as exc:
+        log.info("cluster: drift against the previous model not measured: %s", exc)
+        return None
 
 
 def _segmenter(

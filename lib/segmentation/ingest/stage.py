@@ -81,7 +81,6 @@ def run(ctx: StageContext) -> IngestResult:
     cfg, store = ctx.cfg, ctx.store
     key = hmac_key(ctx.spark, cfg.privacy) if cfg.privacy.pseudonymize else None  # fails before reading
     check_privacy_mode(store, cfg)
-    rules = builtin_rules(cfg.input, cfg.ingest)
     files = list_input_files(ctx.spark, cfg.input)
     if not files:
         raise StageError(f"input.path {cfg.input.path} holds no input files (nothing was ingested)")
@@ -104,8 +103,40 @@ def run(ctx: StageContext) -> IngestResult:
         "merging into silver" if incremental else "replacing the tables",
         point.version,
     )
-    ctx.describe(f"ingest: read {len(new_files)} files")
-    raw = read_raw(ctx.spark, cfg.input, new_files)
+    result = ingest_files(ctx, new_files, point, incremental, key)
+    bots = (
+        store.read(EVENTS_SILVER)
+        .where("is_bot")
+        .agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("events"))
+        .head()
+    )
+    result.bot_users, result.bot_events = bots["users"], bots["events"]
+    result.files_seen_before = len(seen)
+    log.info(
+        "ingest: %d records in, %d kept, %d quarantined %s, %d duplicates; %d bot users in silver",
+        result.rows_in,
+        result.rows_out,
+        result.rows_quarantined,
+        result.quarantined_by_reason,
+        result.rows_duplicate,
+        result.bot_users,
+    )
+    return result
+
+
+def ingest_files(
+    ctx: StageContext, files: list[str], point: ReadPoint, incremental: bool, key: bytes | None
+) -> IngestResult:
+    """Read `files` with the configured reader, clean and classify every record, and write the batch:
+    silver (merged into the days it touches when `incremental`, else replacing the tables) in one
+    commit guarded by `point`, then quarantine, then bronze (the ledger of processed files). Returns
+    the batch's accounting; commits nothing when a fail rule is broken, most of the batch would be
+    quarantined or the counts do not add up. `segment ingest` and each `segment stream` micro-batch
+    call it."""
+    cfg, store = ctx.cfg, ctx.store
+    rules = builtin_rules(cfg.input, cfg.ingest)
+    ctx.describe(f"ingest: read {len(files)} files")
+    raw = read_raw(ctx.spark, cfg.input, files)
     input_cfg = dataclasses.replace(cfg.input, time_format=detect_time_format(raw, cfg.input))
     redacting = key is not None or bool(cfg.privacy.pii_fields)
     if redacting:
@@ -120,28 +151,12 @@ def run(ctx: StageContext) -> IngestResult:
         warned = _apply_watch_rules(checked, rules)
         counts = reason_counts(checked)
         _refuse_mostly_rejected(counts, checked, raw, input_cfg, cfg.ingest.max_rejected_share)
-        result = _write_silver(ctx, checked, counts, point, incremental, key, new_files)
-        _write_rejected_and_bronze(ctx, checked, incremental, new_files)
+        result = _write_silver(ctx, checked, counts, point, incremental, key, files)
+        _write_rejected_and_bronze(ctx, checked, incremental, files)
     finally:
         checked.unpersist()
     record_privacy_mode(store, cfg)
-    bots = (
-        store.read(EVENTS_SILVER)
-        .where("is_bot")
-        .agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("events"))
-        .head()
-    )
-    result.bot_users, result.bot_events = bots["users"], bots["events"]
-    result.warnings_by_rule, result.new_files, result.incremental = warned, len(new_files), incremental
-    log.info(
-        "ingest: %d records in, %d kept, %d quarantined %s, %d duplicates; %d bot users in silver",
-        result.rows_in,
-        result.rows_out,
-        result.rows_quarantined,
-        result.quarantined_by_reason,
-        result.rows_duplicate,
-        result.bot_users,
-    )
+    result.warnings_by_rule, result.new_files, result.incremental = warned, len(files), incremental
     return result
 
 
@@ -169,12 +184,15 @@ def record_privacy_mode(store: TableStore, cfg: Config) -> None:
             store.set_properties(table, {PRIVACY_PROPERTY: mode})
 
 
-def processed_files(store: TableStore, point: ReadPoint) -> set[str]:
-    """Files a previous ingest has recorded in bronze (one name per file, not per record)."""
+def processed_files(store: TableStore, point: ReadPoint, among: list[str] | None = None) -> set[str]:
+    """Files a previous ingest has recorded in bronze (one name per file, not per record); with
+    `among`, only those of these files."""
     if point.version is None or not store.exists(EVENTS_BRONZE):
         return set()
-    rows = store.read(EVENTS_BRONZE).select("source_file").distinct().collect()
-    return {normalize_file(r.source_file) for r in rows}
+    names = store.read(EVENTS_BRONZE).select("source_file")
+    if among is not None:
+        names = names.where(normalized_file(F.col("source_file")).isin(among))
+    return {normalize_file(r.source_file) for r in names.distinct().collect()}
 
 
 def _write_silver(

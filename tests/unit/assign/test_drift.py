@@ -39,3 +39,12 @@ def test_a_planted_shift_is_detected_at_a_small_sample():
     shifted = rng.multinomial(300, np.r_[[0.05] * 5, [0.15] * 5]).astype(float)
     (row,) = compare("feature", ["x"], [reference], [shifted], 0.05, 20, 4000, 0)
     assert row.drifted and row.psi > row.threshold and 0 < row.js_distance < 1
+
+
+def test_reference_round_trips_and_is_none_for_older_segmenters(tmp_path):
+    from segmentation.assign.drift import Reference
+
+    ref = Reference({"share_night": [0.1, 0.5]}, {"share_night": [3.0, 4.0, 5.0]})
+    ref.save(tmp_path / "drift_reference.json")
+    assert Reference.load(tmp_path / "drift_reference.json") == ref
+    assert Reference.load(tmp_path / "absent.json") is None

@@ -1,0 +1,241 @@
+"""Stage `stream`: files arriving under input.path → silver, bronze and quarantine, and their users'
+segments, one micro-batch at a time (Structured Streaming).
+
+Spark's file source finds the new files (only their names are read from it: the `binaryFile` format
+with the content column pruned) and its checkpoint records which micro-batch holds which files. Each
+micro-batch (`foreachBatch`) hands its files to the same `ingest_files` that `segment ingest` runs,
+with the same readers, mapping, rules and quarantine, then assigns the users with events in those
+files after the current segmenter's snapshot through the same `assign_users` that `segment assign`
+runs (MERGE into user_segments, history, drift).
+
+Exactly once, end to end: a micro-batch that was cut short (a crash, SIGKILL) is run again with the
+same files when the query restarts from its checkpoint. Files bronze already records are not
+ingested again (bronze is the ledger `segment ingest` keeps too); a file whose silver commit landed
+but whose bronze append did not is merged again, replacing its own events; appends carry a
+transaction id per file set; assign writes only rows that change. Each micro-batch has one row in
+pipeline_runs (stage `stream_batch`, run id `stream-<query id>-<batch id>`, the same across restarts),
+with its records in, kept, quarantined and duplicate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from segmentation.assign.stage import AssignResult, active_since, assign_users, current_segmenter
+from segmentation.cluster.segmenter import Segmenter
+from segmentation.errors import StageError
+from segmentation.ingest.readers import normalize_file, normalized_file
+from segmentation.ingest.stage import (
+    INGEST_WRITER,
+    check_privacy_mode,
+    ingest_files,
+    processed_files,
+)
+from segmentation.pipeline import recorded
+from segmentation.privacy import hmac_key
+from segmentation.stage import StageContext, StageResult, summary_field
+from segmentation.tables import EVENTS_BRONZE, EVENTS_SILVER
+
+log = logging.getLogger(__name__)
+
+MICRO_BATCH = "stream_batch"
+"""The stage name of each micro-batch's row in pipeline_runs."""
+FILES_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
+"""The `binaryFile` source's schema (a streaming source needs it given); only `path` is read."""
+POLL_SECONDS = 2.0
+
+
+@dataclass
+class MicroBatchResult(StageResult):
+    """One micro-batch: its ingest's accounting (the counts) and what its assign did."""
+
+    stream_run: str = ""
+    batch_id: int = 0
+    files: int = 0
+    files_seen_before: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    assign: AssignResult | None = None
+    assign_skipped: str | None = None
+
+
+@dataclass
+class StreamResult(StageResult):
+    trigger: str = summary_field("")
+    checkpoint: str = summary_field("")
+    batches: int = summary_field(0)
+    files: int = summary_field(0)
+    users_written: int = summary_field(0)
+    stopped_by_signal: bool = summary_field(False)
+
+
+@dataclass
+class _Tally:
+    """What this process's micro-batches did (written by the stream's thread, read after it ended)."""
+
+    query_id: str | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+    batches: list[MicroBatchResult] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+def run(ctx: StageContext) -> StreamResult:
+    cfg = ctx.cfg
+    key = hmac_key(ctx.spark, cfg.privacy) if cfg.privacy.pseudonymize else None  # fails before reading
+    check_privacy_mode(ctx.store, cfg)
+    checkpoint = str(ctx.paths.stream_checkpoint)
+    tally = _Tally()
+    ctx.describe("stream: new files")
+    writer = (
+        new_files(ctx)
+        .writeStream.queryName(f"segment-stream-{ctx.run_id}")
+        .option("checkpointLocation", checkpoint)
+        .foreachBatch(lambda frame, batch_id: _micro_batch(ctx, key, tally, frame, batch_id))
+    )
+    if cfg.stream.trigger == "available_now":
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=cfg.stream.interval)
+    log.info(
+        "stream: %s on %s (checkpoint %s, at most %d files per micro-batch)",
+        cfg.stream.trigger,
+        cfg.input.path,
+        checkpoint,
+        cfg.stream.max_files_per_trigger,
+    )
+    query = writer.start()
+    tally.query_id = str(query.id)
+    tally.started.set()
+    stopped = _await(query, tally)
+    done = tally.batches
+    return StreamResult(
+        rows_in=sum(b.rows_in for b in done),
+        rows_out=sum(b.rows_out for b in done),
+        rows_quarantined=sum(b.rows_quarantined for b in done),
+        rows_duplicate=sum(b.rows_duplicate for b in done),
+        trigger=cfg.stream.trigger,
+        checkpoint=checkpoint,
+        batches=len(done),
+        files=sum(b.files for b in done),
+        users_written=sum(b.assign.users_written for b in done if b.assign is not None),
+        stopped_by_signal=stopped,
+    )
+
+
+def new_files(ctx: StageContext) -> DataFrame:
+    """The streaming DataFrame of files under input.path not yet processed by this checkpoint's query
+    (path; read recursively, hidden and `_`-prefixed files left out as batch reads leave them out)."""
+    stream = ctx.cfg.stream
+    return (
+        ctx.spark.readStream.format("binaryFile")
+        .schema(FILES_SCHEMA)
+        .option("recursiveFileLookup", "true")
+        .option("maxFilesPerTrigger", stream.max_files_per_trigger)
+        .option("maxFileAge", stream.max_file_age)
+        .load(ctx.cfg.input.path)
+        .select("path")
+    )
+
+
+def _await(query, tally: _Tally) -> bool:
+    """Wait for the query to end (available_now: when every file is processed). SIGTERM or SIGINT
+    stops it between micro-batches, the one in progress finishing first; returns whether a signal did.
+    A failed micro-batch's own error is raised, not Spark's wrapping of it."""
+    stop = threading.Event()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGTERM, signal.SIGINT):
+            handlers[number] = signal.signal(number, lambda *_: stop.set())
+    try:
+        while not query.awaitTermination(POLL_SECONDS):
+            if stop.is_set():
+                log.info("stream: stop requested; stopping after the micro-batch in progress")
+                query.stop()
+                break
+    except Exception:
+        if tally.error is not None:
+            raise tally.error from None
+        raise
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    if tally.error is not None:  # a failure can end the query without awaitTermination raising
+        raise tally.error
+    return stop.is_set()
+
+
+def _micro_batch(
+    ctx: StageContext, key: bytes | None, tally: _Tally, frame: DataFrame, batch_id: int
+) -> None:
+    tally.started.wait()
+    run_id = f"stream-{tally.query_id[:8]}-{batch_id:06d}"
+    batch_ctx = dataclasses.replace(ctx, run_id=run_id)
+    try:
+        result = recorded(batch_ctx, MICRO_BATCH, lambda c: micro_batch(c, key, frame, batch_id, ctx.run_id))
+    except BaseException as exc:
+        tally.error = exc
+        raise
+    tally.batches.append(result)
+
+
+def micro_batch(
+    ctx: StageContext, key: bytes | None, frame: DataFrame, batch_id: int, stream_run: str
+) -> MicroBatchResult:
+    """Ingest the micro-batch's files (those bronze does not hold yet), then assign their users."""
+    store = ctx.store
+    files = sorted({normalize_file(r.path) for r in frame.collect()})  # names only, at most a trigger's
+    point = store.read_point(EVENTS_SILVER, INGEST_WRITER)
+    seen = processed_files(store, point, files)
+    todo = [f for f in files if f not in seen]
+    result = MicroBatchResult(
+        stream_run=stream_run, batch_id=batch_id, files=len(files), files_seen_before=len(seen)
+    )
+    if todo:
+        incremental = point.version is not None and store.exists(EVENTS_BRONZE)
+        ingested = ingest_files(ctx, todo, point, incremental, key)
+        result.rows_in, result.rows_out = ingested.rows_in, ingested.rows_out
+        result.rows_quarantined, result.rows_duplicate = ingested.rows_quarantined, ingested.rows_duplicate
+        result.quarantined_by_reason = ingested.quarantined_by_reason
+    if seen:
+        log.info(
+            "stream batch %d: %d of its %d files were ingested before (a redone batch)",
+            batch_id,
+            len(seen),
+            len(files),
+        )
+    if files and ctx.cfg.stream.assign:
+        segmenter = _segmenter(ctx)
+        if segmenter is None:
+            result.assign_skipped = "no fitted segmenter yet (run `segment cluster`)"
+        else:
+            silver = store.read(EVENTS_SILVER)
+            mine = silver.where(normalized_file(F.col("source_file")).isin(files))
+            result.assign = assign_users(ctx, segmenter, silver, active_since(mine, segmenter.as_of))
+    log.info(
+        "stream batch %d: %d files, %d records in, %d kept, %d quarantined, %d duplicates; %s",
+        batch_id,
+        len(files),
+        result.rows_in,
+        result.rows_out,
+        result.rows_quarantined,
+        result.rows_duplicate,
+        f"{result.assign.users_written} segment rows written" if result.assign else result.assign_skipped,
+    )
+    return result
+
+
+def _segmenter(ctx: StageContext) -> Segmenter | None:
+    """The current segmenter, or None before the first fit (the micro-batch is ingested only)."""
+    if not ctx.paths.current_segmenter.is_file():
+        log.warning("stream: no fitted segmenter yet; ingesting without assigning (run `segment cluster`)")
+        return None
+    try:
+        return current_segmenter(ctx)
+    except StageError as exc:
+        raise StageError(f"{exc}; the micro-batch is redone when the stream restarts") from None
