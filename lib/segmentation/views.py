@@ -1,4 +1,5 @@
-"""The product's SQL views (names in tables.py): registered over the tables' views for `segment sql`.
+"""The product's SQL views (names in tables.py): registered over the tables' views for `segment sql`,
+and, where the tables live in a catalog (Unity Catalog), created in their schema by every fit.
 
 - `segments_current`: each user's current segment (user_segments, fit and assign rows alike) with its
   label, model and when it was assigned; users of segments with fewer than
@@ -10,10 +11,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
+from segmentation.storage import TableStore
 from segmentation.tables import SEGMENT_PROFILES, SEGMENT_SUMMARY, SEGMENTS_CURRENT, USER_SEGMENTS
 
 log = logging.getLogger(__name__)
@@ -21,21 +24,22 @@ log = logging.getLogger(__name__)
 NEEDS = (USER_SEGMENTS, SEGMENT_PROFILES)
 
 
-def definitions(min_segment_size: int) -> dict[str, str]:
-    """Each view's SELECT."""
-    sizes = f"SELECT segment_id, count(*) AS users FROM {USER_SEGMENTS} GROUP BY segment_id"
+def definitions(min_segment_size: int, table: Callable[[str], str] = str) -> dict[str, str]:
+    """Each view's SELECT, reading each table by `table(name)` (default: its plain name)."""
+    segments, profiles = table(USER_SEGMENTS), table(SEGMENT_PROFILES)
+    sizes = f"SELECT segment_id, count(*) AS users FROM {segments} GROUP BY segment_id"
     return {
         SEGMENTS_CURRENT: (
             f"SELECT s.user_id, s.segment_id, p.label, s.model_version, s.assigned_by, s.assigned_at "
-            f"FROM {USER_SEGMENTS} s JOIN ({sizes}) z ON z.segment_id = s.segment_id "
-            f"LEFT JOIN {SEGMENT_PROFILES} p ON p.segment_id = s.segment_id "
+            f"FROM {segments} s JOIN ({sizes}) z ON z.segment_id = s.segment_id "
+            f"LEFT JOIN {profiles} p ON p.segment_id = s.segment_id "
             f"WHERE z.users >= {int(min_segment_size)}"
         ),
         SEGMENT_SUMMARY: (
             f"SELECT z.segment_id, p.label, z.users, z.users / t.n AS share, p.n_users AS fitted_users, "
             f"p.stability_jaccard, p.dissolved, p.run_id AS model_version "
-            f"FROM ({sizes}) z CROSS JOIN (SELECT count(*) AS n FROM {USER_SEGMENTS}) t "
-            f"LEFT JOIN {SEGMENT_PROFILES} p ON p.segment_id = z.segment_id "
+            f"FROM ({sizes}) z CROSS JOIN (SELECT count(*) AS n FROM {segments}) t "
+            f"LEFT JOIN {profiles} p ON p.segment_id = z.segment_id "
             f"WHERE z.users >= {int(min_segment_size)}"
         ),
     }
@@ -55,4 +59,21 @@ def register(spark: SparkSession, min_segment_size: int) -> list[str]:
             log.warning("view %s not registered: its tables lack a column (%s)", name, str(exc).split(";")[0])
             continue
         created.append(name)
+    return created
+
+
+def persist(store: TableStore, min_segment_size: int) -> list[str]:
+    """Where the tables live in a catalog (storage.catalog / storage.schema: Unity Catalog on
+    Databricks), create the views as views of the same schema, over the tables' full names, so
+    Databricks SQL, dashboards and BI tools see them without `segment sql`. Path-based lakes get none
+    (`segment sql` registers them per session). Returns the views' full names."""
+    segments = store.catalog_name(USER_SEGMENTS)
+    if segments is None or not all(store.exists(name) for name in NEEDS):
+        return []
+    schema = segments.rsplit(".", 1)[0]
+    created = []
+    for name, select in definitions(min_segment_size, store.catalog_name).items():
+        store.spark.sql(f"CREATE OR REPLACE VIEW {schema}.{name} AS {select}")
+        created.append(f"{schema}.{name}")
+    log.info("views: %s", ", ".join(created))
     return created

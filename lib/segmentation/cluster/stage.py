@@ -20,6 +20,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from segmentation import views
 from segmentation.arrays import list_column_matrix
 from segmentation.artifacts import publish, published
 from segmentation.assign import drift
@@ -36,7 +37,6 @@ from segmentation.cluster.refine import refine, refined_embedding
 from segmentation.cluster.segmenter import FIT, Segmenter
 from segmentation.cluster.selection import select
 from segmentation.errors import StageError
-from segmentation.features.scaling import Scaler
 from segmentation.sequence.stage import REPRESENTATION as SEQUENCE
 from segmentation.sequence.tokens import FIELDS
 from segmentation.stage import StageContext, StageResult, summary_field
@@ -350,8 +350,7 @@ def _write_selected(
         _log_profiles(profiles, cfg.privacy.min_segment_size)
         previous = _published_segmenter(ctx)
         directory = segmenter.save(ctx.paths, model)
-        raw_names = Scaler.load(ctx.paths.scaling(segmenter.features_run_id)).feature_names
-        drift.Reference.of(features, raw_names).save(ctx.paths.drift_reference(run_id))
+        drift.Reference.of(features, names).save(ctx.paths.drift_reference(run_id))
         log.info("cluster: model saved to %s", directory)
         ctx.describe("cluster: publish")
         identity.write(ctx)
@@ -362,6 +361,7 @@ def _write_selected(
         store.overwrite(segments, USER_SEGMENTS)
         publish(ctx.paths.current_segmenter, run_id)
         history.sync(ctx)
+        views.persist(store, cfg.privacy.min_segment_size)
         if previous is not None:
             drift.between_fits(ctx, previous, features)
         centres.unpersist()

@@ -195,6 +195,25 @@ def processed_files(store: TableStore, point: ReadPoint, among: list[str] | None
     return {normalize_file(r.source_file) for r in names.distinct().collect()}
 
 
+def recorded_counts(store: TableStore, files: list[str]) -> IngestResult:
+    """The accounting of `files`, ingested before, read back from the tables: their records in bronze,
+    quarantined by reason, kept in silver, and the rest duplicates. For a stream micro-batch redone
+    after its files were recorded (the first attempt's counts died with it)."""
+    mine = normalized_file(F.col("source_file")).isin(files)
+    rows_in = store.read(EVENTS_BRONZE).where(mine & F.col("raw_record").isNotNull()).count()
+    quarantine = store.read(EVENTS_QUARANTINE).where(mine).groupBy("reason").count().collect()
+    by_reason = {r["reason"]: r["count"] for r in quarantine}
+    kept = store.read(EVENTS_SILVER).where(mine).count()
+    rejected = sum(by_reason.values())
+    return IngestResult(
+        rows_in=rows_in,
+        rows_out=kept,
+        rows_quarantined=rejected,
+        rows_duplicate=rows_in - kept - rejected,
+        quarantined_by_reason=by_reason,
+    )
+
+
 def _write_silver(
     ctx: StageContext,
     checked: DataFrame,

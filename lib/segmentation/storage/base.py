@@ -228,6 +228,10 @@ class TableStore(ABC):
             )
         return self.read(name)
 
+    def catalog_name(self, name: str) -> str | None:
+        """The table's full name in a catalog (catalog.schema.table), or None for a path-based lake."""
+        return None
+
     def register_views(self) -> list[str]:
         """Make every existing product table queryable in Spark SQL by its plain name."""
         registered = []

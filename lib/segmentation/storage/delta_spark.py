@@ -94,6 +94,9 @@ class DeltaSparkStore(TableStore):
             root = str(Path(root).resolve())
         return f"{root.rstrip('/')}/{name}"
 
+    def catalog_name(self, name: str) -> str | None:
+        return self.location(name) if self._catalog_mode() else None
+
     def _ident(self, name: str) -> str:
         """The table in SQL: its catalog name, or delta.`path`."""
         if self._catalog_mode():

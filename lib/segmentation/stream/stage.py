@@ -10,7 +10,8 @@ runs (MERGE into user_segments, history, drift).
 
 Exactly once, end to end: a micro-batch that was cut short (a crash, SIGKILL) is run again with the
 same files when the query restarts from its checkpoint. Files bronze already records are not
-ingested again (bronze is the ledger `segment ingest` keeps too); a file whose silver commit landed
+ingested again (bronze is the ledger `segment ingest` keeps too; their counts are read back from the
+tables); a file whose silver commit landed
 but whose bronze append did not is merged again, replacing its own events; appends carry a
 transaction id per file set; assign writes only rows that change. Each micro-batch has one row in
 pipeline_runs (stage `stream_batch`, run id `stream-<query id>-<batch id>`, the same across restarts),
@@ -23,6 +24,8 @@ import dataclasses
 import logging
 import signal
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame
@@ -30,13 +33,14 @@ from pyspark.sql import functions as F
 
 from segmentation.assign.stage import AssignResult, active_since, assign_users, current_segmenter
 from segmentation.cluster.segmenter import Segmenter
-from segmentation.errors import StageError
+from segmentation.errors import SegmentationError, StageError
 from segmentation.ingest.readers import normalize_file, normalized_file
 from segmentation.ingest.stage import (
     INGEST_WRITER,
     check_privacy_mode,
     ingest_files,
     processed_files,
+    recorded_counts,
 )
 from segmentation.pipeline import recorded
 from segmentation.privacy import hmac_key
@@ -83,6 +87,9 @@ class _Tally:
     started: threading.Event = field(default_factory=threading.Event)
     batches: list[MicroBatchResult] = field(default_factory=list)
     error: BaseException | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: bool = False  # set under `lock`: no micro-batch starts after it
+    in_flight: int = 0
 
 
 def run(ctx: StageContext) -> StreamResult:
@@ -145,35 +152,52 @@ def new_files(ctx: StageContext) -> DataFrame:
 
 def _await(query, tally: _Tally) -> bool:
     """Wait for the query to end (available_now: when every file is processed). SIGTERM or SIGINT
-    stops it between micro-batches, the one in progress finishing first; returns whether a signal did.
-    A failed micro-batch's own error is raised, not Spark's wrapping of it."""
-    stop = threading.Event()
+    stops it cleanly: no micro-batch starts after the signal, the one in progress finishes, then the
+    query stops; returns whether a signal did. A failed micro-batch's own error is raised, not Spark's
+    wrapping of it."""
+    signalled = threading.Event()
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for number in (signal.SIGTERM, signal.SIGINT):
-            handlers[number] = signal.signal(number, lambda *_: stop.set())
+            handlers[number] = signal.signal(number, lambda *_: signalled.set())
     try:
         while not query.awaitTermination(POLL_SECONDS):
-            if stop.is_set():
+            if signalled.is_set():
                 log.info("stream: stop requested; stopping after the micro-batch in progress")
+                with tally.lock:
+                    tally.stopping = True
+                while tally.in_flight:
+                    time.sleep(0.2)
                 query.stop()
                 break
     except Exception:
+        if isinstance(tally.error, StopRequested):
+            return True
         if tally.error is not None:
             raise tally.error from None
         raise
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
-    if tally.error is not None:  # a failure can end the query without awaitTermination raising
-        raise tally.error
-    return stop.is_set()
+    if tally.error is not None and not isinstance(tally.error, StopRequested):
+        raise tally.error  # a failure can end the query without awaitTermination raising
+    return signalled.is_set()
+
+
+class StopRequested(SegmentationError):
+    """Raised into Spark by a micro-batch that would start after a stop signal: the query ends
+    without committing it, and its files make the first micro-batch of the next start."""
 
 
 def _micro_batch(
     ctx: StageContext, key: bytes | None, tally: _Tally, frame: DataFrame, batch_id: int
 ) -> None:
     tally.started.wait()
+    with tally.lock:
+        if tally.stopping:
+            tally.error = StopRequested(f"micro-batch {batch_id} not started: the stream is stopping")
+            raise tally.error
+        tally.in_flight += 1
     run_id = f"stream-{tally.query_id[:8]}-{batch_id:06d}"
     batch_ctx = dataclasses.replace(ctx, run_id=run_id)
     try:
@@ -181,35 +205,49 @@ def _micro_batch(
     except BaseException as exc:
         tally.error = exc
         raise
+    finally:
+        with tally.lock:
+            tally.in_flight -= 1
     tally.batches.append(result)
 
 
 def micro_batch(
     ctx: StageContext, key: bytes | None, frame: DataFrame, batch_id: int, stream_run: str
 ) -> MicroBatchResult:
-    """Ingest the micro-batch's files (those bronze does not hold yet), then assign their users."""
+    """Ingest the micro-batch's files (those bronze does not hold yet; the others, from a redone
+    micro-batch, are counted from the tables), then assign their users."""
     store = ctx.store
     files = sorted({normalize_file(r.path) for r in frame.collect()})  # names only, at most a trigger's
     point = store.read_point(EVENTS_SILVER, INGEST_WRITER)
     seen = processed_files(store, point, files)
     todo = [f for f in files if f not in seen]
-    result = MicroBatchResult(
-        stream_run=stream_run, batch_id=batch_id, files=len(files), files_seen_before=len(seen)
-    )
-    if todo:
-        incremental = point.version is not None and store.exists(EVENTS_BRONZE)
-        ingested = ingest_files(ctx, todo, point, incremental, key)
-        result.rows_in, result.rows_out = ingested.rows_in, ingested.rows_out
-        result.rows_quarantined, result.rows_duplicate = ingested.rows_quarantined, ingested.rows_duplicate
-        result.quarantined_by_reason = ingested.quarantined_by_reason
+    parts = []
     if seen:
         log.info(
-            "stream batch %d: %d of its %d files were ingested before (a redone batch)",
+            "stream batch %d: %d of its %d files were ingested before (a redone micro-batch): counted "
+            "from the tables",
             batch_id,
             len(seen),
             len(files),
         )
-    if files and ctx.cfg.stream.assign:
+        parts.append(recorded_counts(store, sorted(seen)))
+    if todo:
+        incremental = point.version is not None and store.exists(EVENTS_BRONZE)
+        parts.append(ingest_files(ctx, todo, point, incremental, key))
+    result = MicroBatchResult(
+        rows_in=sum(p.rows_in for p in parts),
+        rows_out=sum(p.rows_out for p in parts),
+        rows_quarantined=sum(p.rows_quarantined for p in parts),
+        rows_duplicate=sum(p.rows_duplicate for p in parts),
+        stream_run=stream_run,
+        batch_id=batch_id,
+        files=len(files),
+        files_seen_before=len(seen),
+        quarantined_by_reason=dict(sum((Counter(p.quarantined_by_reason) for p in parts), Counter())),
+    )
+    if not ctx.cfg.stream.assign:
+        result.assign_skipped = "stream.assign is false"
+    elif files:
         segmenter = _segmenter(ctx)
         if segmenter is None:
             result.assign_skipped = "no fitted segmenter yet (run `segment cluster`)"
