@@ -66,14 +66,19 @@ def persist(store: TableStore, min_segment_size: int) -> list[str]:
     """Where the tables live in a catalog (storage.catalog / storage.schema: Unity Catalog on
     Databricks), create the views as views of the same schema, over the tables' full names, so
     Databricks SQL, dashboards and BI tools see them without `segment sql`. Path-based lakes get none
-    (`segment sql` registers them per session). Returns the views' full names."""
+    (`segment sql` registers them per session). A view that cannot be created (no CREATE VIEW
+    privilege on the schema) is a warning, not a failed fit. Returns the views' full names."""
     segments = store.catalog_name(USER_SEGMENTS)
     if segments is None or not all(store.exists(name) for name in NEEDS):
         return []
     schema = segments.rsplit(".", 1)[0]
     created = []
     for name, select in definitions(min_segment_size, store.catalog_name).items():
-        store.spark.sql(f"CREATE OR REPLACE VIEW {schema}.{name} AS {select}")
+        try:
+            store.spark.sql(f"CREATE OR REPLACE VIEW {schema}.{name} AS {select}")
+        except AnalysisException as exc:  # no CREATE VIEW privilege on the schema, say: the fit stands
+            log.warning("view %s.%s not created: %s", schema, name, str(exc).split("\n")[0])
+            continue
         created.append(f"{schema}.{name}")
-    log.info("views: %s", ", ".join(created))
+    log.info("views created in %s: %s", schema, ", ".join(created) or "none")
     return created

@@ -11,9 +11,10 @@ runs (MERGE into user_segments, history, drift).
 Exactly once, end to end: a micro-batch that was cut short (a crash, SIGKILL) is run again with the
 same files when the query restarts from its checkpoint. Files bronze already records are not
 ingested again (bronze is the ledger `segment ingest` keeps too; their counts are read back from the
-tables); a file whose silver commit landed
-but whose bronze append did not is merged again, replacing its own events; appends carry a
-transaction id per file set; assign writes only rows that change. Each micro-batch has one row in
+tables); a file whose silver commit landed but whose bronze append did not is merged again,
+replacing its own events; appends carry a transaction id per file set; assign writes only rows that
+change. A cluster run publishing while a micro-batch assigns fails that micro-batch (the stream
+stops with the error; restarted, it redoes it). Each micro-batch has one row in
 pipeline_runs (stage `stream_batch`, run id `stream-<query id>-<batch id>`, the same across restarts),
 with its records in, kept, quarantined and duplicate.
 """
