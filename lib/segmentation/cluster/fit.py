@@ -36,6 +36,11 @@ def estimator(
     if algorithm == "bisecting_kmeans":
         return BisectingKMeans(**common)
     if algorithm == "gaussian_mixture":
+        log.warning(
+            "clustering.algorithms: gaussian_mixture is MLlib's EM, which can hang when a component "
+            "collapses (its covariance's eigendecomposition never returns; seen once in this project's "
+            "tests, 18 min in one task): give the job a timeout"
+        )
         return GaussianMixture(**common, probabilityCol="segment_probability")
     raise StageError(
         f"clustering.algorithms: unknown algorithm {algorithm!r}"

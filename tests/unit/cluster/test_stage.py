@@ -69,7 +69,9 @@ def test_cluster_stage_on_planted_segments(spark, cfg, planted):
     cfg.clustering.k = [3, 4]
     cfg.clustering.k_rule = "metric"  # every k fitted with MLlib; the evidence path is tested below
     cfg.clustering.candidates = ["embedding"]  # raw stays the baseline
-    cfg.clustering.algorithms = ["kmeans", "gaussian_mixture"]  # bisecting: in the pipeline test
+    # Not gaussian_mixture: one run of this test hung 18 min inside MLlib's EM (a collapsed component's
+    # covariance eigendecomposition never returned); see the warning in cluster/fit.py.
+    cfg.clustering.algorithms = ["kmeans", "bisecting_kmeans"]
     cfg.clustering.label_features = 1
     cfg.privacy.min_segment_size = 10
     result = cluster.run(StageContext.create(spark, cfg, "r1"))
