@@ -61,6 +61,18 @@ def _incoming(spark, store, users: list[str], day2: Path, folder: Path) -> list[
     return [line for chunk in dealt for line in chunk]
 
 
+def _lake_copy(lake, tmp_path: Path, *extra: str) -> list[str]:
+    """A copy of the shared lake under tmp_path, read from `incoming/`: the settings that point at it."""
+    shutil.copytree(lake.root / "lake", tmp_path / "lake")
+    return [
+        f"storage.root={tmp_path / 'lake'}",
+        f"input.path={tmp_path / 'incoming'}",
+        f"report.path={tmp_path / 'reports'}",
+        *LAKE_SETTINGS,
+        *extra,
+    ]
+
+
 def _wait(proc: subprocess.Popen, seconds: float) -> str:
     out, _ = proc.communicate(timeout=seconds)
     assert proc.returncode == 0, out[-4000:]
@@ -93,14 +105,7 @@ def _kill_mid_batch(proc: subprocess.Popen, checkpoint: Path, silver_log: Path) 
 def test_stream_killed_mid_batch_and_restarted_loses_and_doubles_nothing(
     spark, lake, standalone_cluster, wheel, tmp_path
 ):
-    shutil.copytree(lake.root / "lake", tmp_path / "lake")
-    settings = [
-        f"storage.root={tmp_path / 'lake'}",
-        f"input.path={tmp_path / 'incoming'}",
-        f"report.path={tmp_path / 'reports'}",
-        *LAKE_SETTINGS,
-        "stream.max_files_per_trigger=1",
-    ]
+    settings = _lake_copy(lake, tmp_path, "stream.max_files_per_trigger=1")
     cfg = make_config(tmp_path, *settings)
     store = open_store(spark, cfg.storage)
     before = {r.user_id: r for r in store.read(USER_SEGMENTS).collect()}  # 2k users: small
@@ -185,15 +190,7 @@ def test_stream_killed_mid_batch_and_restarted_loses_and_doubles_nothing(
 
 
 def test_continuous_stream_takes_new_files_and_stops_on_sigterm(spark, lake, tmp_path):
-    shutil.copytree(lake.root / "lake", tmp_path / "lake")
-    settings = [
-        f"storage.root={tmp_path / 'lake'}",
-        f"input.path={tmp_path / 'incoming'}",
-        f"report.path={tmp_path / 'reports'}",
-        *LAKE_SETTINGS,
-        "stream.trigger=processing_time",
-        "stream.interval=2 seconds",
-    ]
+    settings = _lake_copy(lake, tmp_path, "stream.trigger=processing_time", "stream.interval=2 seconds")
     cfg = make_config(tmp_path, *settings)
     store = open_store(spark, cfg.storage)
     users = sorted(r.user_id for r in store.read(USER_SEGMENTS).select("user_id").collect())
