@@ -145,8 +145,25 @@ def _configure_logging(verbose: bool) -> None:
         PySparkLogger.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
 
 
+def _missing_provided() -> str | None:
+    """The one-line reason when Spark itself is absent: it is an extra of the package (a Databricks
+    runtime provides its own), so a bare `pip install` leaves it out."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        return (
+            "pyspark is not installed: it is the package's `spark` extra (Databricks runtimes provide "
+            "it); pip install 'deep-user-segmentation[spark]'"
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = _missing_provided()
+    if missing:
+        print(f"segment {args.stage}: error: {missing}", file=sys.stderr)
+        return 2
     _configure_logging(args.verbose)
     try:
         return _dispatch(args)
