@@ -393,6 +393,8 @@ class ClusteringConfig:
     # The evidence for k (cluster/kselect.py) is computed on a uniform driver sample of at most this many users.
     selection_sample_rows: int = 5_000
     label_features: int = 3
+    # Depth of the surrogate tree that explains the selected segments as rules (cluster/rules.py); 0: none.
+    rules_depth: int = 4
     # A new fit's segment keeps the id (and label) of the previous segment it matches by members when
     # their Jaccard similarity reaches this (cluster/identity.py); otherwise it gets a new id.
     match_min_jaccard: float = 0.5
@@ -421,6 +423,8 @@ class ClusteringConfig:
             self.selection_sample_rows >= 500, "clustering.selection_sample_rows", "must be at least 500"
         )
         _require(self.label_features >= 1, "clustering.label_features", "must be at least 1")
+        # MLlib's trees go to depth 30; past a few levels a rule is no longer something a person reads
+        _require(0 <= self.rules_depth <= 8, "clustering.rules_depth", "must be between 0 (no rules) and 8")
         self.idec.validate()
         if set(self.candidates) == {"idec"} and self.k_rule == "metric":
             raise ConfigError(

@@ -114,6 +114,9 @@ SEGMENT_DRIFT_SCHEMA = (
 # segment, and each segment of the current model; segments under privacy.min_segment_size are left out.
 SEGMENTS_CURRENT = "segments_current"
 SEGMENT_SUMMARY = "segment_summary"
+# Each user of user_features with the segment the current model's surrogate rules give it: a CASE over
+# the features (segment_profiles.rule_sql), so a team with only SQL assigns users (cluster/rules.py).
+SEGMENT_RULES_ASSIGN = "segment_rules_assign"
 
 
 def columns(schema: str) -> tuple[str, ...]:

@@ -6,6 +6,9 @@ and, where the tables live in a catalog (Unity Catalog), created in their schema
   `privacy.min_segment_size` users are left out.
 - `segment_summary`: each segment of the current model: users now and share, label, users at the
   fit, bootstrap stability and whether it dissolved; small segments left out likewise.
+- `segment_rules_assign`: every user of user_features with the segment the current model's surrogate
+  rules give it (`segment_profiles.rule_sql`, cluster/rules.py): a plain CASE over the features, so
+  a team with SQL alone can assign users; NULL where the rules point at no published segment.
 """
 
 from __future__ import annotations
@@ -14,21 +17,32 @@ import logging
 from collections.abc import Callable
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
+from segmentation.cluster.rules import case_expression
 from segmentation.storage import TableStore
-from segmentation.tables import SEGMENT_PROFILES, SEGMENT_SUMMARY, SEGMENTS_CURRENT, USER_SEGMENTS
+from segmentation.tables import (
+    SEGMENT_PROFILES,
+    SEGMENT_RULES_ASSIGN,
+    SEGMENT_SUMMARY,
+    SEGMENTS_CURRENT,
+    USER_FEATURES,
+    USER_SEGMENTS,
+)
 
 log = logging.getLogger(__name__)
 
 NEEDS = (USER_SEGMENTS, SEGMENT_PROFILES)
 
 
-def definitions(min_segment_size: int, table: Callable[[str], str] = str) -> dict[str, str]:
-    """Each view's SELECT, reading each table by `table(name)` (default: its plain name)."""
+def definitions(
+    min_segment_size: int, table: Callable[[str], str] = str, rules: dict[int, str] | None = None
+) -> dict[str, str]:
+    """Each view's SELECT, reading each table by `table(name)` (default: its plain name);
+    segment_rules_assign only with `rules` (segment id -> SQL predicate, from `published_rules`)."""
     segments, profiles = table(USER_SEGMENTS), table(SEGMENT_PROFILES)
     sizes = f"SELECT segment_id, count(*) AS users FROM {segments} GROUP BY segment_id"
-    return {
+    selects = {
         SEGMENTS_CURRENT: (
             f"SELECT s.user_id, s.segment_id, p.label, s.model_version, s.assigned_by, s.assigned_at "
             f"FROM {segments} s JOIN ({sizes}) z ON z.segment_id = s.segment_id "
@@ -43,6 +57,20 @@ def definitions(min_segment_size: int, table: Callable[[str], str] = str) -> dic
             f"WHERE z.users >= {int(min_segment_size)}"
         ),
     }
+    if rules:
+        selects[SEGMENT_RULES_ASSIGN] = (
+            f"SELECT user_id, {case_expression(rules)} AS segment_id, as_of FROM {table(USER_FEATURES)}"
+        )
+    return selects
+
+
+def published_rules(profiles: DataFrame) -> dict[int, str] | None:
+    """segment id -> SQL predicate of each published segment's surrogate rule (a row per segment);
+    None for profiles written before rules existed or without any rule."""
+    if "rule_sql" not in profiles.columns:
+        return None
+    rows = profiles.where("rule_sql IS NOT NULL").select("segment_id", "rule_sql").collect()
+    return {r["segment_id"]: r["rule_sql"] for r in rows} or None
 
 
 def register(spark: SparkSession, min_segment_size: int) -> list[str]:
@@ -52,7 +80,10 @@ def register(spark: SparkSession, min_segment_size: int) -> list[str]:
     if not all(spark.catalog.tableExists(name) for name in NEEDS):
         return []
     created = []
-    for name, select in definitions(min_segment_size).items():
+    rules = (
+        published_rules(spark.table(SEGMENT_PROFILES)) if spark.catalog.tableExists(USER_FEATURES) else None
+    )
+    for name, select in definitions(min_segment_size, rules=rules).items():
         try:
             spark.sql(f"CREATE OR REPLACE TEMPORARY VIEW {name} AS {select}")
         except AnalysisException as exc:  # tables of an older version: the query asked for still runs
@@ -73,7 +104,8 @@ def persist(store: TableStore, min_segment_size: int) -> list[str]:
         return []
     schema = segments.rsplit(".", 1)[0]
     created = []
-    for name, select in definitions(min_segment_size, store.catalog_name).items():
+    rules = published_rules(store.read(SEGMENT_PROFILES)) if store.exists(USER_FEATURES) else None
+    for name, select in definitions(min_segment_size, store.catalog_name, rules).items():
         try:
             store.spark.sql(f"CREATE OR REPLACE VIEW {schema}.{name} AS {select}")
         except AnalysisException as exc:  # no CREATE VIEW privilege on the schema, say: the fit stands

@@ -22,6 +22,7 @@ from segmentation.features.aggregates import HOUR_BUCKETS, TYPE_NAMES
 OTHER_SEGMENT = -2  # small segments merged (-1 is density clustering's noise: cluster/density.py)
 LABEL_MIN_Z = 0.5  # a feature names a segment only when its mean is this many population SDs away
 NON_FEATURE_COLUMNS = ("user_id", "features", "as_of", "run_id")
+RULE_COLUMNS = ("rule", "rule_sql", "rule_precision", "rule_recall", "rules_fidelity", "rules_sql_agreement")
 
 # Words for the label, "high X" / "low X"; mix shares (categories, devices, time of day) read as the
 # value itself: "night · games · high conversion".
@@ -79,7 +80,10 @@ def profile_schema(names: Sequence[str]) -> str:
     lifts = ", ".join(f"lift_{n} double" for n in names)
     return (
         "segment_id int, label string, n_users long, share double, top_categories array<string>, "
-        f"stability_jaccard double, dissolved boolean, {means}, {lifts}, run_id string"
+        f"stability_jaccard double, dissolved boolean, {means}, {lifts}, run_id string, "
+        # appended last, so that older tables evolve by new trailing columns (cluster/rules.py)
+        "rule string, rule_sql string, rule_precision double, rule_recall double, rules_fidelity double, "
+        "rules_sql_agreement double"  # = RULE_COLUMNS
     )
 
 
@@ -142,6 +146,7 @@ def build_profiles(
                 **{f"mean_{name}": means[name] for name in names},
                 **{f"lift_{name}": lifts[name] for name in names},
                 "run_id": run_id,
+                **dict.fromkeys(RULE_COLUMNS),  # filled by cluster/rules.py's annotate
             }
         )
     return Profiles(rows=rows, suppressed_users=suppressed, merged_segments=len(small))

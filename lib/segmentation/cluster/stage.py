@@ -24,7 +24,7 @@ from segmentation import views
 from segmentation.arrays import list_column_matrix
 from segmentation.artifacts import publish, published
 from segmentation.assign import drift
-from segmentation.cluster import history, kselect
+from segmentation.cluster import history, kselect, rules
 from segmentation.cluster.density import NOISE, DensityModel
 from segmentation.cluster.evaluate import REPRESENTATIONS, Evaluation, evaluate_partition, log_evaluation
 from segmentation.cluster.fit import apply_model, fit, vector_column
@@ -347,6 +347,13 @@ def _write_selected(
             sums, names, cfg.privacy.min_segment_size, cfg.clustering.label_features, run_id, jaccard
         )
         identity.keep_labels(profiles.rows)
+        if cfg.clustering.rules_depth:
+            ctx.describe("cluster: rules")
+            segment_ids = assigned.select("user_id", "segment_id")
+            surrogate = rules.fit(
+                segment_ids, features, names, cfg.clustering.rules_depth, cfg.clustering.seed
+            )
+            rules.annotate(profiles.rows, surrogate, segment_ids, features)
         _log_profiles(profiles, cfg.privacy.min_segment_size)
         previous = _published_segmenter(ctx)
         directory = segmenter.save(ctx.paths, model)

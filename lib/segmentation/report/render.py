@@ -101,6 +101,24 @@ def _k_sweep_plot(axis, evaluations: list[dict]) -> None:
     axis.legend(fontsize=8)
 
 
+def _rules(profiles: list[dict]) -> str:
+    """Each segment's surrogate-tree rule with its precision and recall, the tree's fidelity and the
+    agreement of the segment_rules_assign view (profiles of older runs have no rules: nothing)."""
+    ruled = [p for p in profiles if p.get("rules_fidelity") is not None]
+    if not ruled:
+        return ""
+    agreement = ruled[0].get("rules_sql_agreement")
+    return (
+        "<h3>Segments as rules</h3><p>A shallow decision tree fitted to predict each user's segment from "
+        f"the features puts {ruled[0]['rules_fidelity']:.1%} of users in their own segment (fidelity). "
+        "Precision: of the users a rule selects, the share in the segment; recall: of the segment's users, "
+        "the share it selects. The view <code>segment_rules_assign</code> applies these rules in SQL"
+        + (f" and reproduces {agreement:.1%} of users' segments." if agreement is not None else ".")
+        + "</p>"
+        + _table(ruled, ["segment_id", "label", "rule", "rule_precision", "rule_recall"])
+    )
+
+
 def _feature_table(profiles: list[dict]) -> str:
     """Features as rows, segments as columns: each cell is the segment mean and its lift."""
     if not profiles:
@@ -211,6 +229,7 @@ def render(
             ["segment_id", "label", "n_users", "share", "stability_jaccard", "dissolved", "top_categories"],
         )
     )
+    parts.append(_rules(shown))
     parts.append(_feature_table(shown))
     parts.append("</body></html>")
 

@@ -9,6 +9,7 @@ import pytest
 from pyspark.ml.clustering import BisectingKMeansModel, GaussianMixtureModel, KMeansModel
 from pyspark.ml.functions import array_to_vector
 
+from segmentation import views
 from segmentation.cluster import stage as cluster
 from segmentation.cluster.fit import apply_model
 from segmentation.cluster.segmenter import Segmenter
@@ -110,6 +111,19 @@ def test_cluster_stage_on_planted_segments(spark, cfg, planted):
     profiles = {r.segment_id: r for r in planted.read("segment_profiles").collect()}
     assert sum(p.n_users for p in profiles.values()) == SEGMENTS * PER_SEGMENT
     assert {p.label for p in profiles.values()} >= {"games", "night", "high activity"}
+    # The surrogate tree explains the planted segments by the features that define them, and the
+    # segment_rules_assign view, over user_features, reproduces them in SQL as the tree does.
+    assert {p.rules_fidelity for p in profiles.values()} == {next(iter(profiles.values())).rules_fidelity}
+    night = next(p for p in profiles.values() if p.label == "night")
+    assert night.rules_fidelity >= 0.95 and night.rule_precision >= 0.9 and night.rule_recall >= 0.9
+    assert night.rule.startswith("share_night > ") or " and share_night > " in night.rule
+    planted.register_views()
+    assert "segment_rules_assign" in views.register(spark, cfg.privacy.min_segment_size)
+    agreement = spark.sql(
+        "SELECT avg(CAST(r.segment_id <=> s.segment_id AS DOUBLE)) FROM segment_rules_assign r "
+        "JOIN user_segments s USING (user_id)"
+    ).first()[0]
+    assert agreement == pytest.approx(night.rules_sql_agreement) and agreement >= 0.95
 
     # The saved model reproduces user_segments for the same embeddings.
     segmenter = Segmenter.load(cfg.paths, "r1")

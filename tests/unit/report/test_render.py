@@ -127,3 +127,25 @@ def test_a_run_without_ingest_or_stages_still_renders():
     page = render("r", [], [EVALUATION], [], minimum=50)
     assert "Data accounted for" not in page and "<h2>Stages</h2>" not in page
     assert page.startswith("<!doctype html>") and page.endswith("</body></html>")
+
+
+def test_rules_are_listed_with_precision_recall_fidelity_and_the_views_agreement():
+    rules = {"rules_fidelity": 0.9, "rules_sql_agreement": 0.85}
+    profiles = [
+        PROFILES[0]
+        | rules
+        | {"rule": "n_events > 3 and share_night <= 0.2", "rule_precision": 0.8, "rule_recall": 0.7},
+        PROFILES[1]
+        | rules
+        | {"rule": None, "rule_precision": None, "rule_recall": 0.0},  # no leaf predicts it
+    ]
+    page = render("r", STAGES, [EVALUATION], profiles, minimum=50)
+    assert "puts 90.0% of users in their own segment" in page and "reproduces 85.0%" in page
+    cells = _cells(page, "<h3>Segments as rules</h3>")
+    # in segment order; a segment without a rule shows empty cells and recall 0
+    assert cells[5:10] == ["0", "browsers", "", "", "0"]
+    assert cells[10:] == ["1", "buyers &amp; co", "n_events &gt; 3 and share_night &lt;= 0.2", "0.8", "0.7"]
+
+
+def test_profiles_without_rules_show_no_rules_section():
+    assert "Segments as rules" not in render("r", STAGES, [EVALUATION], PROFILES, minimum=50)
