@@ -305,7 +305,7 @@ def _sql(spark, cfg, query: str, fmt: str, limit: int, allow_writes: bool = Fals
         )
     store = open_store(spark, cfg.storage)
     registered = store.register_views()
-    views.register(spark, cfg.privacy.min_segment_size)
+    views.register(spark, cfg.privacy.min_segment_size, cfg.recommend.event_types)
     if {USER_SEGMENTS, SEGMENT_PROFILES, SEGMENT_CENTROIDS} <= set(registered):
         try:
             published_run(store)

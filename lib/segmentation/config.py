@@ -520,6 +520,28 @@ class PrivacyConfig:
 
 
 @dataclass
+class RecommendConfig:
+    event_types: list[str] = field(default_factory=lambda: ["purchase"])
+    top_n: int = 20
+    rank_by: Literal["support", "lift"] = "support"
+    min_buyers: int = 5
+    holdout_days: int = 14
+    eval_k: int = 10
+
+    def validate(self) -> None:
+        _require(bool(self.event_types), "recommend.event_types", "must name at least one event type")
+        for name in self.event_types:
+            _require(
+                name in EVENT_TYPES,
+                "recommend.event_types",
+                f"lists {name!r}, not one of {list(EVENT_TYPES)}",
+            )
+        _require(self.min_buyers >= 1, "recommend.min_buyers", "must be at least 1")
+        _require(self.holdout_days >= 1, "recommend.holdout_days", "must be at least 1")
+        _require(1 <= self.eval_k <= self.top_n, "recommend.eval_k", "must be between 1 and recommend.top_n")
+
+
+@dataclass
 class MaintainConfig:
     tables: list[str] = field(default_factory=list)
     purge_deletion_vectors: bool = True
@@ -583,6 +605,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 

@@ -84,9 +84,23 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
+        "recommend",
+        "segments and purchases -> each segment's top items and categories by support and lift, "
+        "evaluated on the last days against global popularity",
+        reads=(t.USER_SEGMENTS, t.EVENTS_SILVER),
+        writes=(t.SEGMENT_RECOMMENDATIONS, t.RECOMMENDATION_EVALUATION),
+    ),
+    Stage(
         "report",
         "one HTML page about a run",
-        reads=(t.SEGMENT_PROFILES, t.CLUSTERING_EVALUATION, t.K_EVIDENCE, t.PIPELINE_RUNS),
+        reads=(
+            t.SEGMENT_PROFILES,
+            t.CLUSTERING_EVALUATION,
+            t.K_EVIDENCE,
+            t.SEGMENT_RECOMMENDATIONS,
+            t.RECOMMENDATION_EVALUATION,
+            t.PIPELINE_RUNS,
+        ),
         writes=("report",),
     ),
     Stage(

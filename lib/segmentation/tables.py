@@ -23,6 +23,8 @@ K_EVIDENCE = "k_evidence"
 SEGMENT_LINEAGE = "segment_lineage"
 SEGMENT_TRANSITIONS = "segment_transitions"
 SEGMENT_DRIFT = "segment_drift"
+SEGMENT_RECOMMENDATIONS = "segment_recommendations"
+RECOMMENDATION_EVALUATION = "recommendation_evaluation"
 PIPELINE_RUNS = "pipeline_runs"
 
 ALL_TABLES = (
@@ -42,6 +44,8 @@ ALL_TABLES = (
     SEGMENT_LINEAGE,
     SEGMENT_TRANSITIONS,
     SEGMENT_DRIFT,
+    SEGMENT_RECOMMENDATIONS,
+    RECOMMENDATION_EVALUATION,
     PIPELINE_RUNS,
 )
 
@@ -110,6 +114,21 @@ SEGMENT_DRIFT_SCHEMA = (
     "measured_at timestamp"
 )
 
+# segment_recommendations: per published segment, the top items (kind `item`) and categories (kind
+# `category`) its users buy, ranked by recommend.rank_by, with buyers, support (share of the segment's
+# users who bought it) and lift (support / the share of all segmented users who bought it).
+SEGMENT_RECOMMENDATIONS_SCHEMA = (
+    "segment_id int, kind string, rank int, key string, buyers long, support double, lift double, "
+    "model_version string, run_id string"
+)
+# recommendation_evaluation: a temporal split (lists from events before `cutoff`, scored on the
+# purchases after it) of the segment lists against global popularity; per segment, and segment_id
+# NULL for all evaluated users together.
+RECOMMENDATION_EVALUATION_SCHEMA = (
+    "run_id string, method string, segment_id int, users long, hit_rate double, ndcg double, k int, "
+    "cutoff timestamp"
+)
+
 # Views over the tables (registered for `segment sql`; `views.py` builds their SQL): each user's current
 # segment, and each segment of the current model; segments under privacy.min_segment_size are left out.
 SEGMENTS_CURRENT = "segments_current"
@@ -117,6 +136,8 @@ SEGMENT_SUMMARY = "segment_summary"
 # Each user of user_features with the segment the current model's surrogate rules give it: a CASE over
 # the features (segment_profiles.rule_sql), so a team with only SQL assigns users (cluster/rules.py).
 SEGMENT_RULES_ASSIGN = "segment_rules_assign"
+# Each current user's segment's recommended items, less those the user already bought.
+USER_RECOMMENDATIONS = "user_recommendations"
 
 
 def columns(schema: str) -> tuple[str, ...]:

@@ -106,7 +106,8 @@ def test_segment_run_end_to_end(spark, lake, capsys):
 
     runs = store.read(PIPELINE_RUNS).where(F.col("run_id") == run_id)
     assert {r.stage: r.status for r in runs.collect()} == {
-        s: "success" for s in ("ingest", "features", "train", "embed", "sequence", "cluster", "report")
+        s: "success"
+        for s in ("ingest", "features", "train", "embed", "sequence", "cluster", "recommend", "report")
     }
     sequence = runs.where("stage = 'sequence'").head()
     assert json.loads(sequence.details)["skipped"] is None  # a candidate here
@@ -135,6 +136,30 @@ def test_segment_run_end_to_end(spark, lake, capsys):
     assert all(p.n_users >= cfg.privacy.min_segment_size and p.label for p in profiles)
     assert sum(p.n_users for p in profiles) <= segments.count()
     assert (cfg.paths.segmenter(run_id) / "segmenter.json").is_file()
+
+    # Recommendations: lists for published segments only, both methods evaluated on the last days,
+    # and user_recommendations never offers a user an item they bought.
+    lists = store.read("segment_recommendations")
+    listed = {r.segment_id for r in lists.select("segment_id").distinct().collect()}
+    assert listed and listed <= {p.segment_id for p in profiles if p.segment_id >= 0}
+    assert lists.where("kind = 'item' AND (buyers < 5 OR rank > 20)").count() == 0
+    evaluated = store.read("recommendation_evaluation").where(F.col("run_id") == run_id)
+    overall = {r.method: r for r in evaluated.where("segment_id IS NULL").collect()}
+    assert set(overall) == {"segment", "popularity"} and overall["segment"].users > 0
+    assert all(0 <= r.hit_rate <= 1 and 0 <= r.ndcg <= 1 for r in overall.values())
+    # The generated catalog is wide (few buyers per item): no item reaches 5 buyers in a segment here,
+    # so only category lists exist. With one buyer enough, items are listed too.
+    assert main(["recommend", *args, "--run-id", "min-buyers-1", "--set", "recommend.min_buyers=1"]) == 0
+    capsys.readouterr()
+    assert store.read("segment_recommendations").where("kind = 'item'").count() > 0
+    bought_again = (
+        "SELECT count(*) AS n FROM user_recommendations u JOIN events_silver e ON e.user_id = u.user_id "
+        "AND CAST(e.item_id AS STRING) = u.item_id AND e.event_type = 'purchase'"
+    )
+    assert main(["sql", *args, "--format", "json", "SELECT count(*) AS n FROM user_recommendations"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["n"] > 0
+    assert main(["sql", *args, "--format", "json", bought_again]) == 0
+    assert json.loads(capsys.readouterr().out.strip()) == {"n": 0}
 
     # segment sql --format json: one JSON object per row.
     query = "SELECT segment_id, count(*) AS n FROM user_segments GROUP BY 1"

@@ -78,6 +78,7 @@ def test_the_pipeline_is_the_registered_stages_in_data_flow_order():
         "embed",
         "sequence",
         "cluster",
+        "recommend",
         "report",
     ]
     written: set[str] = set()

@@ -368,7 +368,7 @@ def _write_selected(
         store.overwrite(segments, USER_SEGMENTS)
         publish(ctx.paths.current_segmenter, run_id)
         history.sync(ctx)
-        views.persist(store, cfg.privacy.min_segment_size)
+        views.persist(store, cfg.privacy.min_segment_size, cfg.recommend.event_types)
         if previous is not None:
             drift.between_fits(ctx, previous, features)
         centres.unpersist()

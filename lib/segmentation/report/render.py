@@ -119,6 +119,49 @@ def _rules(profiles: list[dict]) -> str:
     )
 
 
+def _recommendations(lists: list[dict], scores: list[dict], shown: int = 5) -> str:
+    """Each segment's first items (segment_recommendations) and the lists' hit rate and NDCG on the
+    held-out days against global popularity (recommendation_evaluation); nothing without lists."""
+    if not lists:
+        return ""
+    parts = ["<h2>Recommendations</h2>"]
+    if scores:
+        k, cutoff = scores[0]["k"], scores[0]["cutoff"]
+        parts.append(
+            f"<p>Lists built from purchases before {html.escape(str(cutoff))}, scored on what each user "
+            f"bought after it that they had not bought before: hit rate (a user's first {k} "
+            f"recommendations hold at least one of those) and NDCG@{k}, per segment, against the "
+            "same number of the most popular items.</p>"
+        )
+        rows = {}
+        for r in scores:
+            row = rows.setdefault(
+                r["segment_id"], {"segment_id": "all" if r["segment_id"] is None else r["segment_id"]}
+            )
+            row["users"] = r["users"]
+            row[f"{r['method']} hit rate"] = r["hit_rate"]
+            row[f"{r['method']} NDCG"] = r["ndcg"]
+        ordered = sorted(rows.values(), key=lambda r: (r["segment_id"] != "all", str(r["segment_id"])))
+        columns = [
+            "segment_id",
+            "users",
+            "segment hit rate",
+            "popularity hit rate",
+            "segment NDCG",
+            "popularity NDCG",
+        ]
+        parts.append(_table(ordered, columns))
+    items = [r for r in lists if r["kind"] == "item" and r["rank"] <= shown]
+    parts.append(f"<h3>First {shown} items per segment</h3>")
+    parts.append(
+        _table(
+            sorted(items, key=lambda r: (r["segment_id"], r["rank"])),
+            ["segment_id", "rank", "key", "buyers", "support", "lift"],
+        )
+    )
+    return "".join(parts)
+
+
 def _feature_table(profiles: list[dict]) -> str:
     """Features as rows, segments as columns: each cell is the segment mean and its lift."""
     if not profiles:
@@ -169,10 +212,12 @@ def render(
     profiles: list[dict],
     minimum: int,
     evidence: list[dict] | None = None,
+    recommendations: list[dict] | None = None,
+    recommendation_scores: list[dict] | None = None,
 ) -> str:
     """The page for `run_id`: its pipeline_runs rows, the clustering_evaluation and k_evidence rows of
-    the clustering that produced the segments, and the segment profiles shown (at least `minimum`
-    users each)."""
+    the clustering that produced the segments, the segment profiles shown (at least `minimum` users
+    each), and the segments' recommendation lists with their offline evaluation."""
     evidence = evidence or []
     ingest = next((s for s in stages if s["stage"] == "ingest"), None)
     parts = [
@@ -230,6 +275,7 @@ def render(
         )
     )
     parts.append(_rules(shown))
+    parts.append(_recommendations(recommendations or [], recommendation_scores or []))
     parts.append(_feature_table(shown))
     parts.append("</body></html>")
 

@@ -15,7 +15,14 @@ from segmentation.artifacts import atomic_write_text
 from segmentation.cluster.stage import published_run
 from segmentation.report.render import render
 from segmentation.stage import StageContext, StageResult, summary_field
-from segmentation.tables import CLUSTERING_EVALUATION, K_EVIDENCE, PIPELINE_RUNS, SEGMENT_PROFILES
+from segmentation.tables import (
+    CLUSTERING_EVALUATION,
+    K_EVIDENCE,
+    PIPELINE_RUNS,
+    RECOMMENDATION_EVALUATION,
+    SEGMENT_PROFILES,
+    SEGMENT_RECOMMENDATIONS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,23 @@ def run(ctx: StageContext) -> ReportResult:
     if store.exists(PIPELINE_RUNS):
         runs = store.read(PIPELINE_RUNS).where(F.col("run_id") == ctx.run_id).orderBy("started_at")
         stages = [r.asDict() for r in runs.collect()]  # a row per stage
+    lists, scores = [], []
+    if store.exists(SEGMENT_RECOMMENDATIONS):  # top_n rows per published segment
+        lists = [
+            r.asDict()
+            for r in store.read(SEGMENT_RECOMMENDATIONS)
+            .where(F.col("model_version") == cluster_run)
+            .collect()
+        ]
+    if store.exists(RECOMMENDATION_EVALUATION):  # a row per method and segment
+        scores = [
+            r.asDict()
+            for r in store.read(RECOMMENDATION_EVALUATION).where(F.col("run_id") == ctx.run_id).collect()
+        ]
     path = ctx.paths.report(ctx.run_id)
-    atomic_write_text(path, render(ctx.run_id, stages, evaluations, profiles, minimum, evidence))
+    atomic_write_text(
+        path, render(ctx.run_id, stages, evaluations, profiles, minimum, evidence, lists, scores)
+    )
     log.info("report: %s", path.resolve())
     return ReportResult(
         rows_in=len(evaluations),

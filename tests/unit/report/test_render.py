@@ -149,3 +149,41 @@ def test_rules_are_listed_with_precision_recall_fidelity_and_the_views_agreement
 
 def test_profiles_without_rules_show_no_rules_section():
     assert "Segments as rules" not in render("r", STAGES, [EVALUATION], PROFILES, minimum=50)
+
+
+def test_recommendations_show_each_segments_first_items_and_the_offline_scores():
+    lists = [
+        {
+            "segment_id": s,
+            "kind": kind,
+            "rank": r,
+            "key": f"{kind[0]}{s}{r}",
+            "buyers": 9,
+            "support": 0.3,
+            "lift": 2.0,
+        }
+        for s in (0, 1)
+        for kind in ("item", "category")
+        for r in range(1, 8)
+    ]
+    scores = [
+        {
+            "method": m,
+            "segment_id": s,
+            "users": 10,
+            "hit_rate": h,
+            "ndcg": h / 2,
+            "k": 10,
+            "cutoff": "2026-06-01",
+        }
+        for m, h in (("segment", 0.4), ("popularity", 0.2))
+        for s in (None, 0)
+    ]
+    page = render(
+        "r", STAGES, [EVALUATION], PROFILES, minimum=50, recommendations=lists, recommendation_scores=scores
+    )
+    cells = _cells(page, "<h2>Recommendations</h2>")
+    assert cells[6:12] == ["all", "10", "0.4", "0.2", "0.2", "0.1"]  # the overall row first
+    items = _cells(page, "First 5 items per segment")
+    assert [c for c in items if c.startswith(("i", "c"))] == [f"i{s}{r}" for s in (0, 1) for r in range(1, 6)]
+    assert "Recommendations" not in render("r", STAGES, [EVALUATION], PROFILES, minimum=50)
