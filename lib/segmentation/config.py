@@ -799,3 +799,14 @@ def _check_values(cfg: Config) -> None:
     """Checks that types alone cannot express, each section's beside its fields; each names the key."""
     for section in dataclasses.fields(cfg):
         getattr(cfg, section.name).validate()
+    if cfg.training.tracking and not cfg.training.tracking_uri:
+        # MLflow's file store (mlflow/store/tracking/file_store.py, _is_valid_run_directory) treats
+        # every run under a folder named `artifacts` as missing: a path-traversal guard. Training
+        # would fail after its last epoch with "Run ... not found"; say so before it starts.
+        mlruns = cfg.paths.mlruns.resolve()
+        _require(
+            "artifacts" not in mlruns.parts[:-1],
+            "storage.artifacts",
+            f"puts MLflow's file store at {mlruns}, under a folder named 'artifacts', where MLflow finds "
+            "no run; name that folder otherwise, or set training.tracking_uri (or training.tracking: false)",
+        )

@@ -139,3 +139,12 @@ def test_stream_checkpoint_defaults_beside_the_artifacts_and_can_be_set(tmp_path
     assert cfg.paths.stream_checkpoint == tmp_path / "_artifacts" / "stream" / "checkpoint"
     moved = load_config([], [f"storage.root={tmp_path}", f"stream.checkpoint={tmp_path / 'ck'}"])
     assert moved.paths.stream_checkpoint == tmp_path / "ck"
+
+
+def test_an_mlflow_file_store_under_a_folder_named_artifacts_is_refused(tmp_path):
+    """MLflow's file store reports every run under a folder named `artifacts` as not found."""
+    with pytest.raises(ConfigError, match="storage.artifacts.*named 'artifacts'"):
+        load_config([], [f"storage.artifacts={tmp_path / 'artifacts'}"])
+    load_config([], [f"storage.artifacts={tmp_path / 'artifacts'}", "training.tracking=false"])
+    load_config([], [f"storage.artifacts={tmp_path / 'artifacts'}", "training.tracking_uri=databricks"])
+    load_config([], [f"storage.artifacts={tmp_path / 'models'}"])
