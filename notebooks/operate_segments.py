@@ -31,6 +31,7 @@ show(spark.sql("SELECT * FROM segment_summary ORDER BY segment_id"))
 # COMMAND ----------
 result = run_stage(spark, lake.cfg, "assign")
 print(result.summary())
+lake.store.register_views()  # the first assign creates segment_drift: make it queryable here too
 
 # COMMAND ----------
 # MAGIC %md

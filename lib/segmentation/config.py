@@ -523,7 +523,7 @@ class PrivacyConfig:
 class RecommendConfig:
     event_types: list[str] = field(default_factory=lambda: ["purchase"])
     top_n: int = 20
-    rank_by: Literal["support", "lift"] = "support"
+    rank_by: Literal["support", "distinctive", "lift"] = "support"
     min_buyers: int = 5
     holdout_days: int = 14
     eval_k: int = 10

@@ -100,6 +100,17 @@ def parse_tree(debug_string: str, names: Sequence[str]) -> Tree:
     return tree
 
 
+def prune(tree: Tree) -> Tree:
+    """The same partition with fewer conditions: a split whose two sides predict the same segment
+    (MLlib keeps splits that purify a leaf without changing its majority) becomes that leaf."""
+    if isinstance(tree, Leaf):
+        return tree
+    left, right = prune(tree.left), prune(tree.right)
+    if isinstance(left, Leaf) and left == right:
+        return left
+    return Branch(tree.feature, tree.threshold, left, right)
+
+
 def leaf_paths(tree: Tree, path: tuple[Condition, ...] = ()) -> list[tuple[tuple[Condition, ...], int]]:
     """Every leaf as (the conditions on the way to it, its prediction), left to right."""
     if isinstance(tree, Leaf):
@@ -182,7 +193,7 @@ def fit(
         predictionCol="leaf_class",
     )
     model = classifier.fit(data)
-    tree = parse_tree(model.toDebugString, names)
+    tree = prune(parse_tree(model.toDebugString, names))
     # segments x predictions: at most k^2 counts
     counts = (
         model.transform(data)

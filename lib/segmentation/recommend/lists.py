@@ -1,9 +1,9 @@
 """Per-segment recommendation lists from purchases: pure DataFrame functions.
 
 support(s, x) = the share of segment s's users who bought x; lift(s, x) = support(s, x) / the share of
-all segmented users who bought x. `rank_by: support` lists what a segment buys most among what it
-buys more than everyone (lift > 1): popular within the segment and characteristic of it. `rank_by:
-lift` lists the most characteristic first, among items at least `min_buyers` of its users bought.
+all segmented users who bought x. `rank_by: support` lists what a segment buys most;
+`distinctive`, what it buys most among what it buys more than everyone (lift > 1); `lift`, the most
+characteristic first.
 Either way an item needs `min_buyers` buyers in the segment, so no list reveals a handful of users.
 """
 
@@ -57,8 +57,9 @@ def segment_lists(
         )
         .where(F.col("buyers") >= min_buyers)
     )
-    if rank_by == "support":
-        scored = scored.where(F.col("lift") > 1.0)
+    if rank_by in ("support", "distinctive"):
+        if rank_by == "distinctive":
+            scored = scored.where(F.col("lift") > 1.0)
         order = [F.desc("support"), F.desc("lift"), F.asc("key")]
     else:
         order = [F.desc("lift"), F.desc("support"), F.asc("key")]

@@ -45,6 +45,18 @@ def test_a_description_it_does_not_recognise_is_refused(text):
         rules.parse_tree(text, ["share_night", "purchase_count"])
 
 
+def test_splits_whose_sides_predict_the_same_segment_are_pruned():
+    tree = Branch(
+        "a",
+        1.0,
+        Branch("b", 2.0, Leaf(0), Leaf(0)),
+        Branch("c", 3.0, Leaf(1), Branch("d", 4.0, Leaf(1), Leaf(1))),
+    )
+    assert rules.prune(tree) == Branch("a", 1.0, Leaf(0), Leaf(1))
+    kept = Branch("a", 1.0, Leaf(0), Leaf(1))
+    assert rules.prune(kept) == kept
+
+
 def test_each_segment_gets_the_paths_to_its_leaves_with_the_tightest_bounds():
     tree = Branch("a", 5.0, Branch("a", 3.0, Leaf(0), Leaf(1)), Branch("b", 0.123456, Leaf(1), Leaf(0)))
     predicates = rules.segment_predicates(tree, [10, 20])

@@ -37,8 +37,13 @@ def _lists(frame):
     return out
 
 
-def test_support_ranks_what_a_segment_buys_more_than_everyone(spark):
+def test_support_ranks_what_a_segment_buys_most(spark):
     got = _lists(lists.segment_lists(_purchases(spark, BEFORE), _segments(spark), 10, "support", 1))
+    assert got[0] == [("x", 3, 0.75, 1.5), ("z", 2, 0.5, 1.0), ("y", 1, 0.25, 0.5)]
+
+
+def test_distinctive_ranks_what_a_segment_buys_more_than_everyone(spark):
+    got = _lists(lists.segment_lists(_purchases(spark, BEFORE), _segments(spark), 10, "distinctive", 1))
     # A: x support 0.75 lift 1.5; z lift exactly 1 and y 0.5 are not characteristic of A
     assert got == {0: [("x", 3, 0.75, 1.5)], 1: [("y", 3, 0.75, 1.5)]}
 
