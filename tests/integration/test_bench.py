@@ -5,6 +5,7 @@ import json
 import pytest
 
 from segmentation.cli import main
+from segmentation.registry import PIPELINE
 from tests.conftest import REPO  # noqa: I001
 
 KEYS = {
@@ -60,7 +61,7 @@ def test_bench_smoke(tmp_path, capsys):
     assert "arrow" in results["train_ratio_by_feeder"]
     assert 0 <= results["ari_selected"] <= 1
     assert "per-user aggregation and scaling statistics" in results["features_phase_seconds"]
-    stages = {"ingest", "features", "train", "embed", "sequence", "cluster", "report"}
+    stages = {s.name for s in PIPELINE}
     assert set(results["cluster_stage_seconds"]) == stages  # the same logs on the standalone cluster
     # sequence skips (not a candidate) and may take no measurable time to compare
     assert stages - {"sequence"} <= set(results["cluster_stage_ratio_vs_local"]) <= stages

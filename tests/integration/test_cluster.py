@@ -17,7 +17,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from segmentation.cli import main
-from segmentation.registry import pipeline_tables
+from segmentation.registry import PIPELINE, pipeline_tables
 from segmentation.storage import open_store
 from segmentation.tables import PIPELINE_RUNS
 from tests.conftest import REPO, make_config, python_with_dependencies_only
@@ -68,9 +68,7 @@ def test_readme_command_runs_the_pipeline_on_the_cluster(spark, standalone_clust
 
     store = open_store(spark, cfg.storage)
     runs = {r.stage: r for r in store.read(PIPELINE_RUNS).where(F.col("run_id") == run_id).collect()}
-    assert {s: r.status for s, r in runs.items()} == {
-        s: "success" for s in ("ingest", "features", "train", "embed", "sequence", "cluster", "report")
-    }
+    assert {s: r.status for s, r in runs.items()} == {s.name: "success" for s in PIPELINE}
     for name in pipeline_tables():
         assert store.exists(name), name
         # written by delta-spark (the event tables' last commit records their privacy mode)
