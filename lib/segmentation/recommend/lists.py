@@ -78,12 +78,16 @@ def popularity_list(purchases: DataFrame, users: DataFrame, top_n: int) -> DataF
         .groupBy("key")
         .agg(F.count("*").alias("buyers"))
     )
-    # the window below sees top_n rows; its one constant partition keeps Spark from warning about it
     top = counts.orderBy(F.desc("buyers"), F.asc("key")).limit(top_n)
-    return top.select(
-        F.row_number()
-        .over(Window.partitionBy(F.lit(0)).orderBy(F.desc("buyers"), F.asc("key")))
-        .alias("rank"),
-        "key",
-        "buyers",
+    # rank = 1 + the rows ahead of it: a join of top_n rows with themselves, where a window without a
+    # partition would make Spark warn of moving all data to one partition (it is top_n rows)
+    a, b = top.alias("a"), top.alias("b")
+    ahead = (F.col("b.buyers") > F.col("a.buyers")) | (
+        (F.col("b.buyers") == F.col("a.buyers")) & (F.col("b.key") < F.col("a.key"))
+    )
+    return (
+        a.join(b, ahead, "left")
+        .groupBy(F.col("a.key").alias("key"), F.col("a.buyers").alias("buyers"))
+        .agg((F.count(F.col("b.key")) + 1).cast("int").alias("rank"))
+        .select("rank", "key", "buyers")
     )
