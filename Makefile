@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.setup-done
 CONF   ?= conf/local.yaml
 DEMO_USERS ?= 20000
 
-.PHONY: setup demo test test-fast bench quality lint docs lock clean cluster-up cluster-down wheel
+.PHONY: setup browser demo test test-fast bench quality lint docs lock clean cluster-up cluster-down wheel
 
 setup: $(STAMP)
 
@@ -17,8 +17,12 @@ demo: $(STAMP)
 	$(BIN)/segment generate --conf $(CONF) --set generate.users=$(DEMO_USERS)
 	$(BIN)/segment run --conf $(CONF) --set ingest.mode=full
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest tests
+
+# Debian's Chromium for the report's browser test (installed when missing and run as root).
+browser:
+	bash scripts/browser.sh
 
 # The pure tier: no SparkSession, no training processes.
 test-fast: $(STAMP)

@@ -490,9 +490,12 @@ class StreamConfig:
 @dataclass
 class ReportConfig:
     path: str = "./data/reports"
+    # Users drawn (by a hash of user_id) for the report's 2-D map; 0 leaves the map out. The sample
+    # comes to the driver, so it stays small.
+    map_users: int = 2000
 
     def validate(self) -> None:
-        """Nothing beyond the types."""
+        _require(0 <= self.map_users <= 100_000, "report.map_users", "must be between 0 and 100000")
 
 
 @dataclass

@@ -92,14 +92,20 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "report",
-        "one HTML page about a run",
+        "one self-contained HTML page: segment cards, the choice of k, a map, lifts, movement, drift, "
+        "data quality, rules, recommendations",
         reads=(
             t.SEGMENT_PROFILES,
             t.CLUSTERING_EVALUATION,
             t.K_EVIDENCE,
+            t.SEGMENT_TRANSITIONS,
+            t.SEGMENT_DRIFT,
             t.SEGMENT_RECOMMENDATIONS,
             t.RECOMMENDATION_EVALUATION,
             t.PIPELINE_RUNS,
+            t.EVENTS_QUARANTINE,
+            t.USER_SEGMENTS,
+            t.USER_FEATURES,
         ),
         writes=("report",),
     ),

@@ -21,6 +21,7 @@ def test_wheel_metadata_and_contents(wheel):
         metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "segmentation/resources/base.yaml" in names
     assert "segmentation/resources/log4j2.properties" in names
+    assert "segmentation/report/templates/report.html.j2" in names  # the report page
     assert "Name: deep-user-segmentation" in metadata
     assert "Requires-Python: >=3.11" in metadata
 

@@ -70,6 +70,7 @@ def test_databricks_overlay_is_valid():
         ("stream.interval=often", "stream.interval"),
         ("stream.max_files_per_trigger=0", "stream.max_files_per_trigger"),
         ("stream.max_file_age=a week", "stream.max_file_age"),
+        ("report.map_users=-1", "report.map_users"),
     ],
 )
 def test_bad_config_names_the_key(override, key):

@@ -1,182 +1,18 @@
-"""The report page: tables plus plots as inline PNG, from aggregate rows (a row per stage, per
-evaluated partition, per segment) as plain dicts. No Spark here."""
+"""The report page: one self-contained HTML file (Jinja2 template `templates/report.html.j2`, plots as
+inline PNG, no script or CDN) from `ReportData`, aggregate rows and one bounded sample already on the
+driver. No Spark here: `report/stage.py` gathers the rows."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
+import math
+from dataclasses import dataclass, field
 
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from segmentation.report import figures
 from segmentation.tables import CLUSTERING_EVALUATION_SCHEMA, columns
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        if isinstance(value, list):
-            value = ", ".join(map(str, value))
-        return html.escape("" if value is None else str(value))
-
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
-
-
-# The k_evidence column each k rule reads (cluster/kselect.py)
-RULE_FIGURE = {
-    "prediction_strength": "prediction_strength",
-    "gap": "gap",
-    "clusterboot": "jaccard_min",
-    "silhouette": "silhouette",
-}
-
-
-def _plots(evaluations: list[dict], profiles: list[dict], evidence: list[dict]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    if evidence:
-        _k_evidence_plot(axes[0], evidence)
-    else:
-        _k_sweep_plot(axes[0], evaluations)
-    shown = sorted(profiles, key=lambda p: p["segment_id"])
-    axes[1].bar([str(p["segment_id"]) for p in shown], [p["n_users"] for p in shown], color="#4c72b0")
-    axes[1].set_xlabel("segment")
-    axes[1].set_ylabel("users")
-    axes[1].set_title("Segment sizes")
-    out = _png(fig)
-    plt.close(fig)
-    return out
-
-
-def _k_evidence_plot(axis, evidence: list[dict]) -> None:
-    """The figure of the rule that chose k, by k, per representation, the chosen k circled."""
-    rule = evidence[0]["rule"]
-    figure = RULE_FIGURE[rule]
-    for rep, marker in zip(sorted({e["representation"] for e in evidence}), "os^Dv<>", strict=False):
-        rows = sorted((e["k"], e[figure], e["chosen"]) for e in evidence if e["representation"] == rep)
-        rows = [r for r in rows if r[1] is not None]
-        if not rows:
-            continue
-        line = axis.plot([r[0] for r in rows], [r[1] for r in rows], marker=marker, label=rep)[0]
-        for k, value, chosen in rows:
-            if chosen:
-                axis.scatter(
-                    [k], [value], s=220, facecolors="none", edgecolors=line.get_color(), linewidths=2
-                )
-    axis.set_xticks(sorted({e["k"] for e in evidence}))
-    axis.set_xlabel("k (circled: chosen)")
-    axis.set_ylabel(figure.replace("_", " "))
-    axis.set_title(f"k chosen by {rule.replace('_', ' ')}")
-    axis.legend(fontsize=8)
-
-
-def _k_sweep_plot(axis, evaluations: list[dict]) -> None:
-    """Under k_rule `metric`: every fitted partition's silhouette by k."""
-    for (rep, algo), marker in zip(
-        sorted({(e["representation"], e["algorithm"]) for e in evaluations}), "osd^v<>", strict=False
-    ):
-        points = sorted(
-            (e["k"], e["silhouette"])
-            for e in evaluations
-            if e["representation"] == rep and e["algorithm"] == algo and e["silhouette"] is not None
-        )
-        if points:
-            axis.plot(*zip(*points, strict=True), marker=marker, label=f"{rep} / {algo}")
-    axis.set_xticks(sorted({e["k"] for e in evaluations}))
-    axis.set_xlabel("k")
-    axis.set_ylabel("silhouette")
-    axis.set_title("Silhouette by k")
-    axis.legend(fontsize=8)
-
-
-def _rules(profiles: list[dict]) -> str:
-    """Each segment's surrogate-tree rule with its precision and recall, the tree's fidelity and the
-    agreement of the segment_rules_assign view (profiles of older runs have no rules: nothing)."""
-    ruled = [p for p in profiles if p.get("rules_fidelity") is not None]
-    if not ruled:
-        return ""
-    agreement = ruled[0].get("rules_sql_agreement")
-    return (
-        "<h3>Segments as rules</h3><p>A shallow decision tree fitted to predict each user's segment from "
-        f"the features puts {ruled[0]['rules_fidelity']:.1%} of users in their own segment (fidelity). "
-        "Precision: of the users a rule selects, the share in the segment; recall: of the segment's users, "
-        "the share it selects. The view <code>segment_rules_assign</code> applies these rules in SQL"
-        + (f" and reproduces {agreement:.1%} of users' segments." if agreement is not None else ".")
-        + "</p>"
-        + _table(ruled, ["segment_id", "label", "rule", "rule_precision", "rule_recall"])
-    )
-
-
-def _recommendations(lists: list[dict], scores: list[dict], shown: int = 5) -> str:
-    """Each segment's first items (segment_recommendations) and the lists' hit rate and NDCG on the
-    held-out days against global popularity (recommendation_evaluation); nothing without lists."""
-    if not lists:
-        return ""
-    parts = ["<h2>Recommendations</h2>"]
-    if scores:
-        k, cutoff = scores[0]["k"], scores[0]["cutoff"]
-        parts.append(
-            f"<p>Lists built from purchases before {html.escape(str(cutoff))}, scored on what each user "
-            f"bought after it that they had not bought before: hit rate (a user's first {k} "
-            f"recommendations hold at least one of those) and NDCG@{k}, per segment, against the "
-            "same number of the most popular items.</p>"
-        )
-        rows = {}
-        for r in scores:
-            row = rows.setdefault(
-                r["segment_id"], {"segment_id": "all" if r["segment_id"] is None else r["segment_id"]}
-            )
-            row["users"] = r["users"]
-            row[f"{r['method']} hit rate"] = r["hit_rate"]
-            row[f"{r['method']} NDCG"] = r["ndcg"]
-        ordered = sorted(rows.values(), key=lambda r: (r["segment_id"] != "all", str(r["segment_id"])))
-        columns = [
-            "segment_id",
-            "users",
-            "segment hit rate",
-            "popularity hit rate",
-            "segment NDCG",
-            "popularity NDCG",
-        ]
-        parts.append(_table(ordered, columns))
-    items = [r for r in lists if r["kind"] == "item" and r["rank"] <= shown]
-    parts.append(f"<h3>First {shown} items per segment</h3>")
-    parts.append(
-        _table(
-            sorted(items, key=lambda r: (r["segment_id"], r["rank"])),
-            ["segment_id", "rank", "key", "buyers", "support", "lift"],
-        )
-    )
-    return "".join(parts)
-
-
-def _feature_table(profiles: list[dict]) -> str:
-    """Features as rows, segments as columns: each cell is the segment mean and its lift."""
-    if not profiles:
-        return ""
-    names = [c[len("mean_") :] for c in profiles[0] if c.startswith("mean_")]
-    columns = ["feature"] + [f"{p['segment_id']}: {p['label']}" for p in profiles]
-    rows = []
-    for name in names:
-        row = {"feature": name}
-        for p, column in zip(profiles, columns[1:], strict=True):
-            lift = p.get(f"lift_{name}")
-            row[column] = f"{p[f'mean_{name}']:.3g}" + ("" if lift is None else f" (×{lift:.2f})")
-        rows.append(row)
-    return "<h3>Feature means (lift vs all segmented users)</h3>" + _table(rows, columns)
-
 
 EVALUATION_COLUMNS = [c for c in columns(CLUSTERING_EVALUATION_SCHEMA) if c != "run_id"]
 STAGE_COLUMNS = [
@@ -189,8 +25,6 @@ STAGE_COLUMNS = [
     "rows_quarantined",
     "rows_duplicate",
 ]
-
-
 EVIDENCE_COLUMNS = [
     "representation",
     "k",
@@ -203,80 +37,266 @@ EVIDENCE_COLUMNS = [
     "silhouette",
     "reason",
 ]
+SECTIONS = ("summary", "k-choice", "map", "lifts", "movement", "drift", "data-quality")  # always shown
+TRAITS = 3  # defining traits per segment card
+LIFT_CLIP = 2.0  # |log2 lift| at which a heat cell is fully coloured (x4 or x1/4)
 
 
-def render(
-    run_id: str,
-    stages: list[dict],
-    evaluations: list[dict],
-    profiles: list[dict],
-    minimum: int,
-    evidence: list[dict] | None = None,
-    recommendations: list[dict] | None = None,
-    recommendation_scores: list[dict] | None = None,
-) -> str:
-    """The page for `run_id`: its pipeline_runs rows, the clustering_evaluation and k_evidence rows of
-    the clustering that produced the segments, the segment profiles shown (at least `minimum` users
-    each), and the segments' recommendation lists with their offline evaluation."""
-    evidence = evidence or []
-    ingest = next((s for s in stages if s["stage"] == "ingest"), None)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>Segmentation report {html.escape(run_id)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
-        "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f0f0f0}</style></head><body>",
-        f"<h1>Segmentation report</h1><p>Run <code>{html.escape(run_id)}</code></p>",
+@dataclass
+class ReportData:
+    """What the page shows; every list holds aggregate rows as plain dicts (a row per stage, per
+    evaluated partition, per segment, per assign run...), except `map_features`: a bounded sample."""
+
+    run_id: str
+    minimum: int  # privacy.min_segment_size: smaller segments are not shown
+    model_run: str | None = None  # the cluster run that produced the segments shown
+    stages: list[dict] = field(default_factory=list)  # this run's pipeline_runs rows
+    ingest: dict | None = None  # the latest ingest's pipeline_runs row (any run)
+    quarantine: list[dict] = field(default_factory=list)  # reason, records: all of events_quarantine
+    evaluations: list[dict] = field(default_factory=list)  # clustering_evaluation of model_run
+    evidence: list[dict] = field(default_factory=list)  # k_evidence of model_run
+    profiles: list[dict] = field(default_factory=list)  # segment_profiles shown
+    transitions: list[dict] = field(default_factory=list)  # segment_transitions of model_run
+    drift: list[dict] = field(default_factory=list)  # per assign run (see report/stage.py)
+    recommendations: list[dict] = field(default_factory=list)  # segment_recommendations
+    recommendation_scores: list[dict] = field(default_factory=list)  # recommendation_evaluation
+    map_segments: list[int] = field(default_factory=list)  # the sample's segment ids
+    map_features: list[list[float]] = field(default_factory=list)  # its raw features, same order
+
+
+def cell(value) -> str:
+    """How a value reads in a table cell: floats to 4 significant digits, lists joined, None empty."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def feature_names(profiles: list[dict]) -> list[str]:
+    return [c[len("mean_") :] for c in profiles[0] if c.startswith("mean_")] if profiles else []
+
+
+def _log_lift(lift) -> float | None:
+    return math.log2(lift) if lift is not None and lift > 0 else None
+
+
+def traits(profile: dict, names: list[str], n: int = TRAITS) -> list[dict]:
+    """The `n` features that set the segment apart: what it does more than all segmented users first
+    (largest lift), then what it does less (smallest), each with its mean and lift."""
+    lifted = [(_log_lift(profile.get(f"lift_{name}")), name) for name in names]
+    lifted = [(value, name) for value, name in lifted if value is not None and value != 0]
+    more = sorted((t for t in lifted if t[0] > 0), key=lambda t: (-t[0], t[1]))
+    less = sorted((t for t in lifted if t[0] < 0), key=lambda t: (t[0], t[1]))
+    return [
+        {"feature": name, "mean": profile[f"mean_{name}"], "lift": profile[f"lift_{name}"]}
+        for _, name in (more + less)[:n]
     ]
-    if ingest:
-        details = json.loads(ingest["details"] or "{}")
-        parts.append(
-            "<h2>Data accounted for</h2>"
-            f"<p>{ingest['rows_in']} records read = {ingest['rows_out']} kept + {ingest['rows_quarantined']} "
-            f"quarantined + {ingest['rows_duplicate']} duplicates. Bot users flagged (not segmented): "
-            f"{details.get('bot_users', 0)}.</p>"
-            + _table(
-                [
-                    {"reason": k, "records": v}
-                    for k, v in sorted(details.get("quarantined_by_reason", {}).items())
-                ],
-                ["reason", "records"],
-            )
-        )
-    if stages:
-        parts.append("<h2>Stages</h2>" + _table(stages, STAGE_COLUMNS))
-    parts.append(
-        "<h2>Clustering evaluation</h2><p>Every representation (the autoencoder's <code>embedding</code>, "
-        "the scaled raw features <code>raw</code>, and where configured <code>idec</code> and "
-        "<code>sequence</code>) is clustered with the same algorithms; the <code>_common</code> columns score "
-        "every partition in one common space, the scaled raw features, so representations compare.</p>"
-    )
-    parts.append(_table(evaluations, EVALUATION_COLUMNS))
-    if evidence:
-        parts.append(
-            f"<h3>Evidence for k</h3><p>k chosen by <code>{html.escape(evidence[0]['rule'])}</code> on a sample "
-            f"of {evidence[0]['sample_rows']} users, from k-means refitted on halves (prediction strength), "
-            "uniform references (gap) and bootstrap resamples (Jaccard: a segment recovered at >= 0.75 is "
-            "stable, at <= 0.5 it dissolves).</p>"
-        )
-        parts.append(_table(evidence, EVIDENCE_COLUMNS))
-    parts.append(_plots(evaluations, profiles, evidence))
-    parts.append(
-        f"<h2>Segment profiles</h2><p>Segments under {minimum} users (privacy.min_segment_size) are merged "
-        "into segment -2 (other), which is itself withheld when still smaller; segment -1 holds users in no "
-        "dense region (hdbscan). Labels name the features "
-        "whose segment mean lies furthest from the population mean, in population standard deviations.</p>"
-    )
-    shown = sorted(profiles, key=lambda p: p["segment_id"])
-    parts.append(
-        _table(
-            shown,
-            ["segment_id", "label", "n_users", "share", "stability_jaccard", "dissolved", "top_categories"],
-        )
-    )
-    parts.append(_rules(shown))
-    parts.append(_recommendations(recommendations or [], recommendation_scores or []))
-    parts.append(_feature_table(shown))
-    parts.append("</body></html>")
 
-    return "\n".join(parts)
+
+def heat(value: float | None, clip: float = LIFT_CLIP) -> str:
+    """A CSS background for a signed magnitude: red above zero, blue below, white at zero, grey for
+    None; never so dark that the cell's text stops being readable."""
+    if value is None:
+        return "background:#f7f7f7"
+    t = max(-1.0, min(1.0, value / clip))
+    fade = int(255 - 150 * abs(t) + 0.5)
+    rgb = (255, fade, fade) if t > 0 else (fade, fade, 255)
+    return "background:rgb({},{},{})".format(*rgb)
+
+
+def lift_heatmap(profiles: list[dict]) -> dict:
+    """Features as rows (most distinctive first), segments as columns; each cell the segment mean, its
+    lift and a colour for log2 lift."""
+    names = feature_names(profiles)
+
+    def spread(name: str) -> float:
+        return max((abs(_log_lift(p.get(f"lift_{name}")) or 0.0) for p in profiles), default=0.0)
+
+    rows = []
+    for name in sorted(names, key=lambda n: (-spread(n), n)):
+        cells = []
+        for p in profiles:
+            lift = p.get(f"lift_{name}")
+            text = cell(p[f"mean_{name}"]) + ("" if lift is None else f" ×{lift:.2f}")
+            cells.append({"text": text, "style": heat(_log_lift(lift))})
+        rows.append({"feature": name, "cells": cells})
+    return {"segments": [f"{p['segment_id']}: {p['label']}" for p in profiles], "rows": rows}
+
+
+def transition_matrix(transitions: list[dict]) -> dict | None:
+    """Previous segments (rows; `new` for users the previous model did not segment) against current
+    ones (columns; `left` for users this model no longer segments), users per cell, coloured by the
+    share of the row; None when the model has no previous one."""
+    if not transitions:
+        return None
+    previous_run = transitions[0].get("previous_run_id")
+    order = sorted(
+        {t["from_segment"] for t in transitions} | {t["to_segment"] for t in transitions}, key=_id_key
+    )
+    rows_ids = [s for s in order if any(t["from_segment"] == s for t in transitions)]
+    cols_ids = [s for s in order if any(t["to_segment"] == s for t in transitions)]
+    counts = {(t["from_segment"], t["to_segment"]): t["users"] for t in transitions}
+    rows = []
+    for a in rows_ids:
+        total = sum(counts.get((a, b), 0) for b in cols_ids)
+        cells = []
+        for b in cols_ids:
+            users = counts.get((a, b), 0)
+            share = users / total if total else 0.0
+            cells.append({"text": f"{users} ({share:.0%})" if users else "", "style": heat(share, 1.0)})
+        rows.append({"segment": _name(a, "new"), "users": total, "cells": cells})
+    moved = sum(
+        t["users"]
+        for t in transitions
+        if t["from_segment"] is not None and t["to_segment"] != t["from_segment"]
+    )
+    stayed = sum(
+        t["users"]
+        for t in transitions
+        if t["from_segment"] is not None and t["to_segment"] == t["from_segment"]
+    )
+    return {
+        "previous_run": previous_run,
+        "columns": [_name(b, "left") for b in cols_ids],
+        "rows": rows,
+        "stayed": stayed,
+        "moved": moved,
+        "first": previous_run is None,
+    }
+
+
+def _id_key(segment):
+    return (segment is None, segment if segment is not None else 0)
+
+
+def _name(segment, none: str) -> str:
+    return none if segment is None else str(segment)
+
+
+def quality(ingest: dict | None, quarantine: list[dict]) -> dict | None:
+    """The latest ingest's accounting (read = kept + quarantined + duplicates) and its quarantine
+    reasons, beside all quarantined records by reason."""
+    if ingest is None and not quarantine:
+        return None
+    details = json.loads((ingest or {}).get("details") or "{}")
+    return {
+        "ingest": ingest,
+        "bot_users": details.get("bot_users", 0),
+        "reasons": sorted(details.get("quarantined_by_reason", {}).items()),
+        "all_reasons": sorted(((q["reason"], q["records"]) for q in quarantine), key=lambda r: -r[1]),
+    }
+
+
+def recommendation_rows(scores: list[dict]) -> list[dict]:
+    """Per segment (the overall row first), each method's hit rate and NDCG side by side."""
+    rows: dict = {}
+    for r in scores:
+        row = rows.setdefault(
+            r["segment_id"], {"segment_id": "all" if r["segment_id"] is None else r["segment_id"]}
+        )
+        row["users"] = r["users"]
+        row[f"{r['method']} hit rate"] = r["hit_rate"]
+        row[f"{r['method']} NDCG"] = r["ndcg"]
+    return sorted(rows.values(), key=lambda r: (r["segment_id"] != "all", str(r["segment_id"])))
+
+
+RECOMMENDATION_COLUMNS = [
+    "segment_id",
+    "users",
+    "segment hit rate",
+    "popularity hit rate",
+    "segment NDCG",
+    "popularity NDCG",
+]
+PROFILE_COLUMNS = [
+    "segment_id",
+    "label",
+    "n_users",
+    "share",
+    "stability_jaccard",
+    "dissolved",
+    "top_categories",
+]
+DRIFT_COLUMNS = [
+    "measured_at",
+    "run_id",
+    "model_version",
+    "batch_rows",
+    "feature_psi",
+    "segment_share_psi",
+    "drifted",
+]
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("segmentation.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,  # a misspelt field fails the render, not blanks the page
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["cell"] = cell
+    return env
+
+
+def render(data: ReportData) -> str:
+    """The page for `data.run_id`: the sections of SECTIONS always (each says so when it has nothing
+    to show yet), then rules, recommendations, the full evaluation and this run's stages."""
+    profiles = sorted(data.profiles, key=lambda p: p["segment_id"])
+    names = feature_names(profiles)
+    selected = next((e for e in data.evaluations if e.get("selected")), None)
+    segment_map = None
+    if len(data.map_features) >= 3:
+        points, explained = figures.project_2d(np.asarray(data.map_features))
+        labels = {p["segment_id"]: p["label"] for p in profiles}
+        segment_map = {
+            "image": figures.segment_map(points, data.map_segments, labels, explained),
+            "users": len(data.map_features),
+        }
+    ruled = [p for p in profiles if p.get("rules_fidelity") is not None]
+    items = [r for r in data.recommendations if r["kind"] == "item" and r["rank"] <= 5]
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            run_id=data.run_id,
+            model_run=data.model_run,
+            minimum=data.minimum,
+            selected=selected,
+            segmented_users=sum(p["n_users"] for p in profiles),
+            cards=[
+                p
+                | {
+                    "traits": traits(p, names),
+                    "rule": p.get("rule"),
+                    "rule_precision": p.get("rule_precision"),
+                    "rule_recall": p.get("rule_recall"),
+                }
+                for p in profiles
+            ],
+            k_image=figures.k_choice(data.evaluations, data.evidence) if data.evaluations else None,
+            evidence=data.evidence,
+            evidence_columns=EVIDENCE_COLUMNS,
+            segment_map=segment_map,
+            heatmap=lift_heatmap(profiles) if profiles else None,
+            transitions=transition_matrix(data.transitions),
+            drift=sorted(data.drift, key=lambda r: r["measured_at"]),
+            drift_columns=DRIFT_COLUMNS,
+            drift_image=figures.drift_timeline(data.drift) if data.drift else None,
+            quality=quality(data.ingest, data.quarantine),
+            profiles=profiles,
+            profile_columns=PROFILE_COLUMNS,
+            ruled=ruled,
+            rule_columns=["segment_id", "label", "rule", "rule_precision", "rule_recall"],
+            recommendations=items,
+            recommendation_scores=recommendation_rows(data.recommendation_scores),
+            recommendation_cutoff=data.recommendation_scores[0] if data.recommendation_scores else None,
+            recommendation_columns=RECOMMENDATION_COLUMNS,
+            evaluations=data.evaluations,
+            evaluation_columns=EVALUATION_COLUMNS,
+            stages=data.stages,
+            stage_columns=STAGE_COLUMNS,
+        )
+    )
