@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run statements that change tables (by default only queries run)",
     )
+    command("check-drift")
     generate = command("generate")
     generate.add_argument(
         "--force", action="store_true", help="replace a non-empty input.path generate did not write"
@@ -226,11 +227,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.stage == "run":
         from segmentation.pipeline import run_pipeline
 
-        if args.if_drifted:
-            from segmentation.assign.drift import retrain_recommended
-            from segmentation.stage import StageContext
-
-            retrain, why = retrain_recommended(StageContext.create(spark, cfg, "if-drifted"))
+        if args.if_drifted or cfg.drift.retrain == "if_drifted":
+            retrain, why = _retrain(spark, cfg)
             print(f"segment run --if-drifted: {'retraining' if retrain else 'nothing to do'}: {why}")
             if not retrain:
                 return 0
@@ -239,11 +237,28 @@ def _dispatch(args: argparse.Namespace) -> int:
         _summary(spark, cfg, run_id, results)
         return 0
 
+    if args.stage == "check-drift":
+        from segmentation import databricks
+
+        retrain, why = (
+            _retrain(spark, cfg) if cfg.drift.retrain == "if_drifted" else (True, "drift.retrain is always")
+        )
+        databricks.set_task_value("retrain", "true" if retrain else "false")
+        print(json.dumps({"retrain": retrain, "why": why}))
+        return 0
+
     from segmentation.pipeline import run_stage
 
     result = run_stage(spark, cfg, args.stage, args.run_id)
     print(json.dumps({"stage": args.stage, **result.summary()}, default=str))
     return 0
+
+
+def _retrain(spark, cfg) -> tuple[bool, str]:
+    from segmentation.assign.drift import retrain_recommended
+    from segmentation.stage import StageContext
+
+    return retrain_recommended(StageContext.create(spark, cfg, "if-drifted"))
 
 
 def _summary(spark, cfg, run_id: str, results: dict) -> None:

@@ -445,6 +445,9 @@ class DriftConfig:
     alpha: float = 0.05
     simulations: int = 4000
     seed: int = 7
+    # When `segment run` retrains: always, or only when the latest drift measured for the current model
+    # recommends it (or no model exists yet); `segment run --if-drifted` is `if_drifted` for one run.
+    retrain: Literal["always", "if_drifted"] = "always"
 
     def validate(self) -> None:
         _require(0 < self.alpha < 1, "drift.alpha", "must be in (0, 1)")

@@ -146,6 +146,8 @@ STAGES: tuple[Stage, ...] = (
 COMMANDS: dict[str, str] = {
     "run": "ingest through report under one run id (resumable with --resume)",
     "sql": "Spark SQL over every product table and view",
+    "check-drift": "whether the pipeline should retrain under drift.retrain (prints JSON; on Databricks "
+    "also the task value `retrain`, for the bundle's condition task)",
     "generate": "development: synthetic raw logs with planted segments",
     "bench": "development: the benchmark",
 }

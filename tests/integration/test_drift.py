@@ -2,6 +2,7 @@
 histories copy existing users') stay quiet; a planted new behaviour fires, recommends retraining, and
 `segment run --if-drifted` acts on the latest measurement."""
 
+import json
 import shutil
 
 import pytest
@@ -56,6 +57,8 @@ def test_replays_of_unchanged_behaviour_stay_quiet_and_a_planted_shift_fires(spa
         args = ["--conf", str(REPO / "conf" / "local.yaml"), "--set", f"storage.root={cfg.storage.root}"]
         assert main(["run", "--if-drifted", *args, "--set", "spark.master=local[2]"]) == 0
         assert "nothing to do" in capsys.readouterr().out
+        assert _check_drift(args, capsys, "if_drifted")["retrain"] is False  # the bundle's condition
+        assert _check_drift(args, capsys, "always") == {"retrain": True, "why": "drift.retrain is always"}
 
     cfg, root = _copy(lake, tmp_path, "shift")
     store = open_store(spark, cfg.storage)
@@ -68,3 +71,15 @@ def test_replays_of_unchanged_behaviour_stay_quiet_and_a_planted_shift_fires(spa
     assert _summary(store, "shift-assign").drifted
     retrain, why = retrain_recommended(StageContext.create(spark, cfg, "check"))
     assert retrain and "shift-assign" in why
+    args = ["--conf", str(REPO / "conf" / "local.yaml"), "--set", f"storage.root={cfg.storage.root}"]
+    assert _check_drift(args, capsys, "if_drifted") == {"retrain": True, "why": why}
+
+
+def _check_drift(args: list[str], capsys, policy: str) -> dict:
+    """`segment check-drift` (the Databricks pipeline's first task) under drift.retrain=`policy`."""
+    capsys.readouterr()
+    assert (
+        main(["check-drift", *args, "--set", "spark.master=local[2]", "--set", f"drift.retrain={policy}"])
+        == 0
+    )
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])

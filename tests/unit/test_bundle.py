@@ -20,7 +20,7 @@ from databricks.bundles.schemas import Schema
 from databricks.bundles.volumes import Volume
 
 from segmentation.config import load_config
-from segmentation.registry import STAGES
+from segmentation.registry import COMMANDS, STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "databricks.yml"
@@ -115,15 +115,21 @@ def _tasks(config: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, 
     ]
 
 
-def _task_config(task: dict[str, Any], config: dict[str, Any]):
+JOB_PARAMETER = re.compile(r"\{\{job\.parameters\.([a-z_]+)\}\}")
+
+
+def _task_config(task: dict[str, Any], config: dict[str, Any], job: dict[str, Any]):
     """The product config the task's arguments produce, through the CLI's own loader: the --conf files
-    of this repository and every --set (deploy-time references replaced by plausible values)."""
+    of this repository and every --set (deploy-time references replaced by plausible values, job
+    parameters by their defaults)."""
     args = task["spark_python_task"]["parameters"]
+    defaults = {p["name"]: p["default"] for p in job.get("parameters", [])}
     confs, sets = [], []
     for flag, value in zip(args[::2], args[1::2], strict=True):
         value = value.replace("${workspace.file_path}/", "")
         for ref in REFERENCE.findall(value):
             value = value.replace("${" + ref + "}", _lookup(config, ref))
+        value = JOB_PARAMETER.sub(lambda m: defaults[m.group(1)], value)
         if flag == "--conf":
             confs.append(str(REPO / value))
         elif flag == "--set":
@@ -182,7 +188,8 @@ def test_production_needs_its_identity_and_alerts():
         assert job["email_notifications"]["on_failure"] == [PROD_VARS["alert_email"]], key
         assert job["max_concurrent_runs"] == 1, key
         assert "schedule" in job or "trigger" in job, f"{key} never runs on its own"
-        assert all(task.get("max_retries", 0) >= 1 for task in job["tasks"]), f"{key}: a task without retries"
+        computing = [task for task in job["tasks"] if "condition_task" not in task]  # a condition cannot fail
+        assert all(task.get("max_retries", 0) >= 1 for task in computing), f"{key}: a task without retries"
     assert resolve("dev")["mode"] == "development"
 
 
@@ -194,13 +201,18 @@ def test_every_task_runs_an_entry_point_of_this_repository_with_a_valid_config(t
     assert "-w dist" in wheel["build"]
     seen = set()
     for job_key, job, task in _tasks(config):
+        if "condition_task" in task:
+            continue
         entry = REPO / task["spark_python_task"]["python_file"]
         assert entry.is_file() and entry.parent.name == "jobs", f"{job_key}.{task['task_key']}: {entry}"
-        assert entry.stem in stages, f"{job_key}.{task['task_key']}: jobs/{entry.name} runs no stage"
+        command = entry.stem.replace("_", "-")
+        assert command in stages | set(COMMANDS), (
+            f"{job_key}.{task['task_key']}: jobs/{entry.name} runs nothing"
+        )
         assert task["libraries"] == [{"whl": "./dist/*.whl"}], "the task library is the built wheel"
         clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
         cluster = clusters[task["job_cluster_key"]]
-        cfg = _task_config(task, config)
+        cfg = _task_config(task, config, job)
         assert cfg.storage.schema == config["resources"]["schemas"]["segmentation"]["name"]
         assert cfg.storage.catalog == config["resources"]["schemas"]["segmentation"]["catalog_name"]
         assert cfg.training.experiment == config["resources"]["experiments"]["segmentation"]["name"]
@@ -222,7 +234,10 @@ def test_every_task_runs_an_entry_point_of_this_repository_with_a_valid_config(t
             assert cfg.training.num_processes == cluster["num_workers"]
         seen.add(entry.stem)
     pipeline = [t["task_key"] for t in config["resources"]["jobs"]["segmentation_pipeline"]["tasks"]]
-    assert pipeline == [s.name for s in STAGES if s.in_pipeline], "the pipeline job runs every stage in order"
+    stages_in_order = [s.name for s in STAGES if s.in_pipeline]
+    assert pipeline == ["check_drift", "retrain", *stages_in_order], (
+        "the pipeline job runs every stage in order"
+    )
     assert {"assign", "stream", "maintain"} <= seen
 
 
@@ -256,3 +271,21 @@ def test_the_validation_refuses_what_the_service_would():
     job["max_concurrent_runs"] = "one"
     with pytest.raises(ValueError):
         Job.from_dict(job)
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_the_pipeline_retrains_only_when_its_drift_check_says_so(target: str):
+    config = resolve(target, PROD_VARS if target == "prod" else None)
+    job = config["resources"]["jobs"]["segmentation_pipeline"]
+    tasks = {t["task_key"]: t for t in job["tasks"]}
+    check, condition = tasks["check_drift"], tasks["retrain"]["condition_task"]
+    assert condition == {"op": "EQUAL_TO", "left": "{{tasks.check_drift.values.retrain}}", "right": "true"}
+    assert tasks["retrain"]["depends_on"] == [{"task_key": "check_drift"}]
+    assert tasks["ingest"]["depends_on"] == [{"task_key": "retrain", "outcome": "true"}]
+    # every stage hangs off ingest, so none runs when the condition is false
+    for key, task in tasks.items():
+        if key not in ("check_drift", "retrain", "ingest"):
+            assert len(task["depends_on"]) == 1, key
+    assert _task_config(check, config, job).drift.retrain == "always"  # the parameter's default
+    with_policy = {**job, "parameters": [{"name": "retrain", "default": "if_drifted"}]}
+    assert _task_config(check, config, with_policy).drift.retrain == "if_drifted"

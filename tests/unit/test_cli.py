@@ -139,7 +139,7 @@ def test_resuming_an_unknown_run_is_an_error_and_runs_nothing(segments, cfg, spa
     assert not open_store(spark, cfg.storage).exists("events_bronze")
 
 
-@pytest.mark.parametrize("stage", ["ingest", "cluster", "run", "sql", "generate", "bench"])
+@pytest.mark.parametrize("stage", ["ingest", "cluster", "run", "sql", "generate", "bench", "check-drift"])
 def test_each_stage_has_its_own_help(stage, capsys):
     from segmentation.cli import main
     from segmentation.registry import COMMANDS, STAGES
