@@ -359,6 +359,11 @@ class ClusteringConfig:
     init_mode: Literal["sample", "k-means||"] = "sample"
     init_sample_rows: int = 50_000
     init_restarts: int = 10
+    # Each fit's segmenter registered in MLflow's model registry (Unity Catalog's on Databricks, as
+    # <storage.catalog>.<storage.schema>.<model_name>) as a pyfunc model, its `champion` alias moved
+    # to it; `assign` refuses to score when the champion is not the model the segment tables hold.
+    register: bool = True
+    model_name: str = "segmenter"
     # gaussian_mixture, and kmeans under init_mode k-means||: full fits under successive seeds, the one
     # with the lowest cost kept
     restarts: int = 3

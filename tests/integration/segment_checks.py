@@ -1,17 +1,22 @@
-"""Checks and day-2 logs shared by the assign, identity, drift and deep-representation tests:
+"""Checks, lake copies and day-2 logs shared by the assign, identity, drift, report, registry and
+deep-representation tests:
 `assign`'s scoring path, applied to the fitted snapshot's own users at the snapshot's as_of, must give
 the fit's segments; user_segment_history's open rows must be user_segments; raw logs of returning,
 copied and planted users after the generated month."""
 
 import datetime as dt
 import json
+import shutil
 
 from pyspark.sql import functions as F
 
 from segmentation.assign.stage import current_segmenter, score
+from segmentation.config import Config
 from segmentation.features.scaling import Scaler
 from segmentation.stage import StageContext
+from segmentation.storage import TableStore, open_store
 from segmentation.tables import CANONICAL_FIELDS, EVENTS_SILVER, USER_SEGMENTS
+from tests.conftest import LAKE_SETTINGS, make_config
 
 DAY2_SHIFT_DAYS = 35  # five whole weeks: past the generated month, and the same weekdays (31 days
 # moved every event three weekdays on, and the drift monitor rightly flagged weekend_share)
@@ -89,3 +94,15 @@ def planted_group(folder, category: str, device: str) -> None:
                     )
                     + "\n"
                 )
+
+
+def raw_kmeans_copy(spark, lake, root, extra_k: int = 0) -> tuple[Config, TableStore]:
+    """A copy of the shared lake under `root` (new logs go to root/day2) whose next fit is k-means on
+    the raw features at the lake's own k plus `extra_k`: tests about what follows a fit, not about
+    choosing k."""
+    shutil.copytree(lake.root / "lake", root / "lake")
+    cfg = make_config(root, *LAKE_SETTINGS, f"input.path={root / 'day2'}", "clustering.candidates=[raw]")
+    store = open_store(spark, cfg.storage)
+    cfg.clustering.k = [store.read(USER_SEGMENTS).select("k").head()[0] + extra_k]
+    cfg.clustering.algorithms = ["kmeans"]
+    return cfg, store

@@ -6,7 +6,6 @@ network, nothing is wider than a 1400-pixel window. The screenshots are the test
 (test-artifacts/, or $SEGMENTATION_TEST_ARTIFACTS); README's docs/report.png is the top one."""
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,8 @@ from pyspark.sql import functions as F
 
 from segmentation.pipeline import run_stage
 from segmentation.report.render import SECTIONS
-from segmentation.storage import open_store
-from segmentation.tables import USER_SEGMENTS
-from tests.conftest import LAKE_SETTINGS, REPO, make_config
-from tests.integration.segment_checks import planted_group
+from tests.conftest import REPO
+from tests.integration.segment_checks import planted_group, raw_kmeans_copy
 
 CHROMIUM = os.environ.get("SEGMENTATION_CHROMIUM", "/usr/bin/chromium")
 # Flags for a closed network: without the background-networking ones Chromium keeps dialling Google.
@@ -36,11 +33,7 @@ ARTIFACTS = Path(os.environ.get("SEGMENTATION_TEST_ARTIFACTS", REPO / "test-arti
 @pytest.fixture(scope="module")
 def report_after_refit(spark, lake, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("refit")
-    shutil.copytree(lake.root / "lake", root / "lake")
-    cfg = make_config(root, *LAKE_SETTINGS, f"input.path={root / 'day2'}", "clustering.candidates=[raw]")
-    store = open_store(spark, cfg.storage)
-    cfg.clustering.k = [store.read(USER_SEGMENTS).select("k").head()[0] + 1]
-    cfg.clustering.algorithms = ["kmeans"]
+    cfg, store = raw_kmeans_copy(spark, lake, root, extra_k=1)
     top = store.read("events_silver").groupBy("category", "device").count().orderBy(F.desc("count")).head()
     planted_group(root / "day2", top.category, top.device)
     run_stage(spark, cfg, "ingest", "day2")

@@ -4,20 +4,17 @@ the others, and records who moved where (segment_lineage, segment_transitions); 
 with the stable ids. Each refit also measures the drift of its snapshot against the previous model's
 (none on the same data; the planted group's share of night-time activity after it arrives)."""
 
-import shutil
-
 import pytest
 from pyspark.sql import functions as F
 
 from segmentation.pipeline import run_stage
-from segmentation.storage import open_store
 from segmentation.tables import SEGMENT_PROFILES, USER_SEGMENTS
-from tests.conftest import LAKE_SETTINGS, make_config
 from tests.integration.segment_checks import (
     PLANTED,
     assert_history_follows_the_segments,
     assert_rescoring_reproduces_the_fit,
     planted_group,
+    raw_kmeans_copy,
 )
 
 
@@ -37,15 +34,8 @@ def _members(store) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_refits_keep_segment_ids_and_a_new_group_gets_exactly_one_new_id(spark, lake, tmp_path):
-    shutil.copytree(lake.root / "lake", tmp_path / "lake")
-    # raw k-means at a fixed k: the test is about identity, not about choosing k
-    cfg = make_config(
-        tmp_path, *LAKE_SETTINGS, f"input.path={tmp_path / 'day2'}", "clustering.candidates=[raw]"
-    )
-    store = open_store(spark, cfg.storage)
-    k = store.read(USER_SEGMENTS).select("k").head()[0]
-    cfg.clustering.k = [k]
-    cfg.clustering.algorithms = ["kmeans"]
+    cfg, store = raw_kmeans_copy(spark, lake, tmp_path)
+    (k,) = cfg.clustering.k
 
     initial = _members(store)  # the shared lake's own fit
     run_stage(spark, cfg, "cluster", "fit-1")  # raw now; ids continue the shared lake's fit where they match

@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 
 from segmentation.artifacts import published
 from segmentation.assign import drift
-from segmentation.cluster import history
+from segmentation.cluster import history, registration
 from segmentation.cluster.fit import apply_model
 from segmentation.cluster.metrics import with_distance
 from segmentation.cluster.refine import REPRESENTATION as IDEC
@@ -149,6 +149,13 @@ def current_segmenter(ctx: StageContext) -> Segmenter:
         raise StageError(
             f"the segment tables hold cluster run {held} but the published segmenter is {version}: "
             "run `segment cluster` again"
+        )
+    champion = registration.champion_run(ctx.cfg)
+    if champion is not None and champion != version:
+        raise StageError(
+            f"the `{registration.CHAMPION}` alias of {registration.model_name(ctx.cfg)} names cluster run "
+            f"{champion}, but the segment tables hold run {version}: move the alias back to run {version}'s "
+            "version, or run `segment cluster` to fit and publish a new champion"
         )
     return Segmenter.load(ctx.paths, version)
 

@@ -4,7 +4,7 @@ and, where a planted truth is known, against it."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from pyspark.sql import DataFrame
 
@@ -41,6 +41,14 @@ class Evaluation:
     k_rule: str | None = None
     jaccard_min: float | None = None
     jaccard_mean: float | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """The partition's numeric scores (silhouette ... jaccard_mean), those that were measured."""
+        return {
+            name: float(value)
+            for name, value in asdict(self).items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and name != "k"
+        }
 
     def attach_evidence(self, rule: str, choice) -> None:
         """The rule that chose this k and the bootstrap Jaccard of k-means at this k on the sample."""

@@ -24,7 +24,7 @@ from segmentation import views
 from segmentation.arrays import list_column_matrix
 from segmentation.artifacts import publish, published
 from segmentation.assign import drift
-from segmentation.cluster import history, kselect, rules
+from segmentation.cluster import history, kselect, registration, rules
 from segmentation.cluster.density import NOISE, DensityModel
 from segmentation.cluster.evaluate import REPRESENTATIONS, Evaluation, evaluate_partition, log_evaluation
 from segmentation.cluster.fit import apply_model, fit, vector_column
@@ -63,6 +63,7 @@ class ClusterResult(StageResult):
     selected: dict = summary_field(default_factory=dict)
     raw_baseline: dict | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
+    registered_model: str | None = summary_field()  # in MLflow's registry, as `champion`
 
 
 def run(ctx: StageContext) -> ClusterResult:
@@ -114,7 +115,7 @@ def run(ctx: StageContext) -> ClusterResult:
         rows = [r.row(ctx.run_id) for r in results]
         frame = ctx.spark.createDataFrame(rows, CLUSTERING_EVALUATION_SCHEMA)
         ctx.store.replace_where(frame, CLUSTERING_EVALUATION, "run_id", [ctx.run_id])
-        segments = _write_selected(ctx, model, points, chosen, embeddings, features)
+        segments, registered = _write_selected(ctx, model, points, chosen, embeddings, features)
     finally:
         points.unpersist()
     return ClusterResult(
@@ -123,6 +124,7 @@ def run(ctx: StageContext) -> ClusterResult:
         selected=chosen.summary(),
         raw_baseline=baseline.summary(),
         evaluations=results,
+        registered_model=None if registered is None else f"{registered.name} version {registered.version}",
     )
 
 
@@ -311,9 +313,9 @@ def _write_selected(
     chosen: Evaluation,
     embeddings: DataFrame,
     features: DataFrame,
-) -> int:
+) -> tuple[int, registration.Registered | None]:
     """user_segments, segment_centroids and segment_profiles of the selected partition, and the saved
-    segmenter; returns the number of users segmented.
+    (and registered) segmenter; returns the number of users segmented and the registered version.
 
     Everything is computed and the model saved before the first table is replaced; then the three
     tables are replaced back to back, user_segments last, and the segmenter published. A run killed
@@ -359,6 +361,9 @@ def _write_selected(
         directory = segmenter.save(ctx.paths, model)
         drift.Reference.of(features, names).save(ctx.paths.drift_reference(run_id))
         log.info("cluster: model saved to %s", directory)
+        # registered (and made champion) before any table is replaced: a run that dies after this
+        # leaves the champion ahead of the tables, which assign detects, as it does mixed tables
+        registered = registration.register(ctx, segmenter, model, centres, chosen.metrics())
         ctx.describe("cluster: publish")
         identity.write(ctx)
         store.overwrite(ctx.spark.createDataFrame(profiles.rows, profile_schema(names)), SEGMENT_PROFILES)
@@ -376,7 +381,7 @@ def _write_selected(
         fitted.unpersist()
         if assigned is not None:
             assigned.unpersist()
-    return sum(r["n_users"] for r in sums)
+    return sum(r["n_users"] for r in sums), registered
 
 
 def _clusters(model, chosen: Evaluation) -> list[int]:

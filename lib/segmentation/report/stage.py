@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.artifacts import atomic_write_text
+from segmentation.cluster import registration
 from segmentation.cluster.profiles import OTHER_SEGMENT, feature_columns
 from segmentation.cluster.stage import published_run
 from segmentation.report.render import ReportData, render
@@ -154,6 +155,9 @@ def run(ctx: StageContext) -> ReportResult:
     path = ctx.paths.report(ctx.run_id)
     atomic_write_text(path, render(data))
     log.info("report: %s", path.resolve())
+    tracked = registration.log_report(ctx.cfg, data.model_run, path)
+    if tracked:
+        log.info("report: attached to MLflow run %s", tracked)
     return ReportResult(
         rows_in=len(data.evaluations),
         rows_out=1,

@@ -29,6 +29,21 @@ def tracking_uri(cfg: Config) -> str:
     return cfg.training.tracking_uri or cfg.paths.mlruns.resolve().as_uri()
 
 
+def connect(cfg: Config) -> None:
+    """Point MLflow at the configured tracking server (or the embedded file store) and experiment;
+    on Databricks the model registry is Unity Catalog's."""
+    import mlflow
+
+    if not cfg.training.tracking_uri:
+        # MLflow 3 keeps the file store behind an opt-in; its sqlite store would need SQLAlchemy and
+        # Alembic, which the skinny client does not bring.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    if cfg.training.tracking_uri == "databricks":
+        mlflow.set_registry_uri("databricks-uc")
+    mlflow.set_experiment(cfg.training.experiment)
+
+
 def log_training(cfg: Config, spec: TrainSpec, outcome: TrainOutcome) -> str:
     """Record one finished training in MLflow; returns the MLflow run id."""
     import mlflow
@@ -38,12 +53,7 @@ def log_training(cfg: Config, spec: TrainSpec, outcome: TrainOutcome) -> str:
 
     from segmentation.train import model as model_io
 
-    if not cfg.training.tracking_uri:
-        # MLflow 3 keeps the file store behind an opt-in; its sqlite store would need SQLAlchemy and
-        # Alembic, which the skinny client does not bring.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    mlflow.set_experiment(cfg.training.experiment)
+    connect(cfg)
     model_file = Path(outcome.model_path)
     model, model_spec = model_io.load(model_file)
     example = np.zeros((2, model_spec.input_dim), dtype=np.float32)

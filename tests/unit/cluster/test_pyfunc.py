@@ -1,0 +1,68 @@
+"""The pyfunc segmenter's parts: its numpy scaling is the Spark column's arithmetic, and a saved model
+assigns the nearest centre's stable segment id with the distance to that segment's centroid."""
+
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segmentation.cluster import pyfunc
+from segmentation.features.scaling import Scaler
+
+SCALER = Scaler(
+    feature_names=["n_events", "share_night", "purchase_total"],
+    log1p=[True, False, True],
+    mean=[1.5, 0.2, 2.0],
+    std=[0.8, 0.1, 1.5],
+    clip_std=3.0,
+    dropped_constant=["share_return"],
+    run_id="f1",
+)
+
+
+def test_numpy_scaling_is_the_spark_columns_arithmetic(spark):
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(200)],
+            "n_events": rng.integers(0, 500, 200).astype(float),
+            "share_night": rng.uniform(-0.2, 1.2, 200),  # beyond the clip on both sides
+            "purchase_total": rng.exponential(50, 200) - 5,  # negatives: log1p of the non-negative part
+        }
+    )
+    spark_scaled = np.asarray(
+        [
+            r.features
+            for r in spark.createDataFrame(frame)
+            .select("user_id", SCALER.transform().alias("features"))
+            .orderBy("user_id")
+            .collect()
+        ],
+        dtype=np.float32,
+    )
+    mine = pyfunc.scale(frame.sort_values("user_id"), asdict(SCALER))
+    assert mine.dtype == np.float32 and np.array_equal(mine, spark_scaled)
+    assert mine.min() == -3.0 and mine.max() == 3.0
+
+
+def test_a_missing_feature_column_is_named():
+    with pytest.raises(ValueError, match="lacks feature columns: purchase_total"):
+        pyfunc.scale(pd.DataFrame({"n_events": [1.0], "share_night": [0.1]}), asdict(SCALER))
+
+
+def test_the_model_gives_the_nearest_centres_stable_id_and_the_distance_to_its_centroid(tmp_path):
+    manifest = {"segment_ids": [7, 3]}  # cluster 0 is segment 7, cluster 1 segment 3
+    scaling = asdict(SCALER) | {"log1p": [False, False, False], "mean": [0.0] * 3, "std": [1.0] * 3}
+    centres = np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
+    centroids = {7: [0.1, 0.0, 0.0], 3: [2.0, 2.0, 1.0]}
+    artifacts = pyfunc.export(tmp_path / "m", manifest, scaling, centres, centroids, None)
+    model = pyfunc.SegmenterModel()
+    model.load_context(SimpleNamespace(artifacts=artifacts))
+    users = pd.DataFrame(
+        {"n_events": [0.2, 1.9], "share_night": [0.0, 2.0], "purchase_total": [0.0, 2.0], "x": [1, 2]}
+    )
+    out = model.predict(None, users)
+    assert out.segment_id.tolist() == [7, 3]
+    assert out.distance.tolist() == pytest.approx([0.1, np.sqrt(0.01 + 1.0)], rel=1e-6)
