@@ -151,7 +151,11 @@ def champion_run(cfg: Config) -> str | None:
     try:
         version = MlflowClient().get_model_version_by_alias(model_name(cfg), CHAMPION)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+        # no such model, or (the file store's word for it) no such alias
+        absent = exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+            exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)
+        )
+        if absent:
             return None
         raise
     return version.tags.get(RUN_TAG)
@@ -167,6 +171,8 @@ def log_report(cfg: Config, cluster_run: str, path: Path) -> str | None:
 
     connect(cfg)
     experiment = mlflow.get_experiment_by_name(cfg.training.experiment)
+    if experiment is None:
+        return None
     runs = MlflowClient().search_runs(
         [experiment.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{cluster_run}'", max_results=1
     )

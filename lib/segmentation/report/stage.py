@@ -36,7 +36,7 @@ from segmentation.tables import (
 )
 
 log = logging.getLogger(__name__)
-DRIFT_RUNS = 50  # the latest assign runs shown
+DRIFT_RUNS = 50  # the latest assign runs and refits shown
 
 
 @dataclass
@@ -86,7 +86,9 @@ def map_sample(segments: DataFrame, features: DataFrame, model_version: str, use
     raw feature column, of the users `model_version` segmented, chosen by a hash of user_id (a
     top-`users` per partition, then one merge: never a sort of every user)."""
     names = feature_columns(features)
-    current = segments.where(F.col("model_version") == model_version).select("user_id", "segment_id")
+    # user_segments written before assign existed has no model_version: its run_id is the model's
+    version = "model_version" if "model_version" in segments.columns else "run_id"
+    current = segments.where(F.col(version) == model_version).select("user_id", "segment_id")
     return (
         current.join(features.select("user_id", *names), "user_id")
         .orderBy(F.xxhash64("user_id"), "user_id")
