@@ -55,8 +55,10 @@ def planted(spark, cfg):
         ),
         "user_embeddings",
     )
-    # these embeddings come from no trained autoencoder: there is nothing for idec to refine
+    # these embeddings come from no trained autoencoder: there is nothing for idec to refine, and no
+    # encoder or scaling statistics to register as a model (tests/integration/test_segmenter_model.py)
     cfg.clustering.candidates = ["embedding", "raw"]
+    cfg.clustering.register = False
     path = cfg.paths.truth
     path.mkdir(parents=True)
     (path / "part-0.json").write_text(
