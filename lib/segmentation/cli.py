@@ -228,7 +228,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from segmentation.pipeline import run_pipeline
 
         if args.if_drifted or cfg.drift.retrain == "if_drifted":
-            retrain, why = _retrain(spark, cfg)
+            retrain, why = _retrain(spark, cfg, if_drifted=True)
             print(f"segment run --if-drifted: {'retraining' if retrain else 'nothing to do'}: {why}")
             if not retrain:
                 return 0
@@ -240,9 +240,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.stage == "check-drift":
         from segmentation import databricks
 
-        retrain, why = (
-            _retrain(spark, cfg) if cfg.drift.retrain == "if_drifted" else (True, "drift.retrain is always")
-        )
+        retrain, why = _retrain(spark, cfg, if_drifted=cfg.drift.retrain == "if_drifted")
         databricks.set_task_value("retrain", "true" if retrain else "false")
         print(json.dumps({"retrain": retrain, "why": why}))
         return 0
@@ -254,7 +252,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retrain(spark, cfg) -> tuple[bool, str]:
+def _retrain(spark, cfg, if_drifted: bool) -> tuple[bool, str]:
+    """Whether the pipeline should retrain, and why: always, or as the latest drift recommends."""
+    if not if_drifted:
+        return True, "drift.retrain is always"
     from segmentation.assign.drift import retrain_recommended
     from segmentation.stage import StageContext
 
