@@ -5,7 +5,8 @@ STAMP  := $(VENV)/.setup-done
 CONF   ?= conf/local.yaml
 DEMO_USERS ?= 20000
 
-.PHONY: setup browser demo test test-fast bench quality lint docs lock clean cluster-up cluster-down wheel
+.PHONY: setup browser demo test test-fast bench quality lint docs lock clean cluster-up cluster-down connect-up \
+	connect-down wheel
 
 setup: $(STAMP)
 
@@ -56,6 +57,13 @@ cluster-up: $(STAMP)
 
 cluster-down:
 	$(BIN)/python -m segmentation.standalone down --dir data/cluster
+
+# A local Spark Connect server with Delta; prints the sc:// URL for spark.remote. README "Spark Connect".
+connect-up: $(STAMP)
+	$(BIN)/python -m segmentation.standalone connect-up --dir data/connect
+
+connect-down:
+	$(BIN)/python -m segmentation.standalone connect-down --dir data/connect
 
 # The package as a wheel (dist/), for pip and Databricks libraries, and the same file as
 # dist/deep_user_segmentation.zip for spark-submit --py-files: PySpark puts --py-files on executors'

@@ -38,13 +38,35 @@ def make_config(root: Path, *overrides: str) -> Config:
     )
 
 
+# A Spark Connect server's URL: the session fixture is then a Connect client of it (test_connect runs
+# the table layer's contract tests so, in a process of their own).
+REMOTE_ENV = "SEGMENT_TEST_SPARK_REMOTE"
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
+    import os
+
     from segmentation.spark import get_spark
 
-    session = get_spark(make_config(tmp_path_factory.mktemp("spark")))
+    remote = os.environ.get(REMOTE_ENV)
+    overrides = [f"spark.remote={remote}"] if remote else []
+    session = get_spark(make_config(tmp_path_factory.mktemp("spark"), *overrides))
     yield session
     session.stop()
+
+
+def cli_args(root: Path, *overrides: str) -> list[str]:
+    """The `segment` arguments for the config `make_config(root, *overrides)` builds (less its master)."""
+    args = ["--conf", str(REPO / "conf" / "local.yaml")]
+    for item in (
+        f"storage.root={root / 'lake'}",
+        f"input.path={root / 'raw'}",
+        f"report.path={root / 'reports'}",
+        *overrides,
+    ):
+        args += ["--set", item]
+    return args
 
 
 @pytest.fixture
@@ -79,14 +101,7 @@ def lake(spark, tmp_path_factory) -> Lake:
 
     root = tmp_path_factory.mktemp("lake")
     cfg = make_config(root, *LAKE_SETTINGS)
-    args = ["--conf", str(REPO / "conf" / "local.yaml")]
-    for item in (
-        f"storage.root={root / 'lake'}",
-        f"input.path={root / 'raw'}",
-        f"report.path={root / 'reports'}",
-        *LAKE_SETTINGS,
-    ):
-        args += ["--set", item]
+    args = cli_args(root, *LAKE_SETTINGS)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(["generate", *args]) == 0

@@ -150,6 +150,10 @@ class ArtifactPaths:
         """`segment stream`'s checkpoint: which files it processed, which micro-batch comes next."""
         return self.stream_checkpoint_setting or self.root / "stream" / "checkpoint"
 
+    def scratch(self, run_id: str) -> Path:
+        """A run's temporary files (what a Spark Connect session has Spark write and read back)."""
+        return self.root / "scratch" / path_component(run_id)
+
     @property
     def mlruns(self) -> Path:
         return self.root / "mlruns"

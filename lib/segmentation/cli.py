@@ -295,8 +295,16 @@ WRITE_NODE = re.compile(
 
 
 def statement_nodes(spark, query: str) -> list[str]:
-    """The node names of the statement's parsed (unresolved) plan, root first."""
-    tree = spark._jsparkSession.sessionState().sqlParser().parsePlan(query).treeString()
+    """The node names of the statement's parsed (unresolved) plan, root first: from Spark's parser, or
+    under Spark Connect (no parser to reach) from the parsed plan that EXPLAIN EXTENDED prints, which
+    plans the statement without running it."""
+    from segmentation.spark import is_connect
+
+    if is_connect(spark):
+        explained = spark.sql("EXPLAIN EXTENDED " + query).head()[0]
+        tree = explained.split("== Parsed Logical Plan ==", 1)[-1].split("\n== ", 1)[0]
+    else:
+        tree = spark._jsparkSession.sessionState().sqlParser().parsePlan(query).treeString()
     return [line.strip(" :+-'").split(" ")[0] for line in tree.splitlines() if line.strip()]
 
 
@@ -308,6 +316,8 @@ def is_read_only(query: str, nodes: list[str]) -> bool:
 
 
 def _sql(spark, cfg, query: str, fmt: str, limit: int, allow_writes: bool = False) -> int:
+    from pyspark.sql import functions as F
+
     from segmentation import views
     from segmentation.cluster.stage import published_run
     from segmentation.errors import ConfigError, StageError
@@ -331,8 +341,10 @@ def _sql(spark, cfg, query: str, fmt: str, limit: int, allow_writes: bool = Fals
     columns = frame.columns
     out = sys.stdout
     if fmt == "json":
-        for line in frame.toJSON().toLocalIterator():
-            out.write(line + "\n")
+        # to_json rather than DataFrame.toJSON, which Spark Connect lacks; both leave out null fields
+        as_json = frame.select(F.to_json(F.struct(*[frame[c] for c in columns])).alias("line"))
+        for row in as_json.toLocalIterator():
+            out.write(row.line + "\n")
         return 0
     if fmt == "csv":
         writer = csv.writer(out)

@@ -33,12 +33,17 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 @dataclass
 class SparkConfig:
     master: str | None = None
+    remote: str | None = None
     app_name: str = "segmentation"
     log_level: str = "WARN"
     conf: dict[str, Scalar] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Nothing beyond the types."""
+        _require(
+            self.remote is None or self.remote.startswith("sc://"),
+            "spark.remote",
+            "must be a Spark Connect URL (sc://host:port/;params)",
+        )
 
 
 @dataclass

@@ -8,6 +8,11 @@ venv's spark-submit adds the same jars and settings (scripts/spark-submit.sh). O
 session someone else built, it adopts what it finds and sets only the two SQL settings the product's
 correctness depends on (UTC session time zone; microsecond parquet timestamps, which keep delta-rs
 tables readable by delta-spark).
+
+Under Spark Connect (`spark.remote`, the `SPARK_REMOTE` variable, or an adopted Connect session such as
+Databricks serverless) this process holds only a client: no JVM, no SparkContext. The server owns the
+master, the jars and Delta; what the product asked the SparkContext for (parallelism, master, job
+descriptions) comes from the helpers below, which work on both kinds of session.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from segmentation.config import Config
 
@@ -95,12 +104,26 @@ def delta_settings(user: dict[str, str]) -> dict[str, str]:
     }
 
 
+def is_connect(spark: SparkSession) -> bool:
+    """A Spark Connect client session: no JVM in this process to reach through py4j."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def remote_url(cfg: Config) -> str | None:
+    """The Spark Connect server to use: `spark.remote`, else the `SPARK_REMOTE` variable."""
+    return cfg.spark.remote or os.environ.get("SPARK_REMOTE") or None
+
+
 def get_spark(cfg: Config) -> SparkSession:
-    """Return the session to use: the active one if any, else a new one built from `cfg.spark`."""
+    """Return the session to use: the active one if any, else a new one built from `cfg.spark` (a
+    Spark Connect client when `remote_url` names a server)."""
     active = SparkSession.getActiveSession()
     if active is not None:
         _apply_required(active)
         return active
+    remote = remote_url(cfg)
+    if remote:
+        return _connect(cfg, remote)
 
     # Python workers must run this interpreter (the venv), not whatever `python3` is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -126,13 +149,61 @@ def get_spark(cfg: Config) -> SparkSession:
     spark = _launch(builder)
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     _apply_required(spark)
+    _log_ready(spark)
+    return spark
+
+
+def _connect(cfg: Config, remote: str) -> SparkSession:
+    """A Spark Connect client session to `remote`. The server decides master, jars and executor
+    settings; `spark.conf` entries are sent as session settings (the server refuses static ones)."""
+    if cfg.spark.master:
+        log.info(
+            "spark.master %s is not used: the Spark Connect server %s has its own", cfg.spark.master, remote
+        )
+    builder = SparkSession.builder.remote(remote).appName(cfg.spark.app_name)
+    spark = builder.getOrCreate()
+    for key, value in cfg.spark.conf.items():
+        spark.conf.set(key, str(value).lower() if isinstance(value, bool) else str(value))
+    _apply_required(spark)
+    _log_ready(spark)
+    return spark
+
+
+def _log_ready(spark: SparkSession) -> None:
     log.info(
-        "Spark %s session ready (master %s; Delta Lake %s)",
+        "Spark %s session ready (%s %s; Delta Lake %s)",
         spark.version,
-        spark.sparkContext.master,
+        "Spark Connect, server master" if is_connect(spark) else "master",
+        master(spark),
         "loaded" if _delta_loaded(spark) else "not loaded: tables go through delta-rs",
     )
-    return spark
+
+
+def master(spark: SparkSession) -> str:
+    """The master URL the session's jobs run on (as the server reports it under Spark Connect)."""
+    if is_connect(spark):
+        return spark.conf.get("spark.master", None) or "unknown"
+    return spark.sparkContext.master
+
+
+_PARALLELISM: dict[str, int] = {}
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The session's default parallelism (SparkContext.defaultParallelism: the cores of the executors,
+    or `spark.default.parallelism`). Under Spark Connect there is no context to ask: the setting when
+    the server has one, else the number of partitions Spark gives a range without a partition count,
+    which is that same default (one small job, once per session)."""
+    if not is_connect(spark):
+        return spark.sparkContext.defaultParallelism
+    if spark.session_id not in _PARALLELISM:
+        setting = spark.conf.get("spark.default.parallelism", None)
+        if setting:
+            _PARALLELISM[spark.session_id] = int(setting)
+        else:
+            last = spark.range(0, 1 << 16).select(F.max(F.spark_partition_id())).head()[0]
+            _PARALLELISM[spark.session_id] = int(last) + 1
+    return _PARALLELISM[spark.session_id]
 
 
 def _launch(builder: SparkSession.Builder) -> SparkSession:
@@ -159,24 +230,55 @@ def _apply_required(spark: SparkSession) -> None:
         if spark.conf.get(key, None) != value:
             log.info("setting %s=%s for this session", key, value)
             spark.conf.set(key, value)
-    launched_with = spark.sparkContext.getConf()
+    # Under Spark Connect the launch settings are the server's and not visible apart from the session's.
+    launched_with = None if is_connect(spark) else spark.sparkContext.getConf()
     recommended = {
         **RECOMMENDED_SQL_CONF,
         # Delta replays a table's log in this many tasks when it loads a snapshot: its default 50 made
         # 45 jobs of tiny tasks worth 45 s of a 3-minute pipeline on a 2-core standalone cluster (the
         # product's logs are small). One task per core, never more than Delta's default.
-        "spark.databricks.delta.snapshotPartitions": str(
-            min(50, max(2, spark.sparkContext.defaultParallelism))
-        ),
+        "spark.databricks.delta.snapshotPartitions": str(min(50, max(2, default_parallelism(spark)))),
     }
     for key, value in recommended.items():
-        if not launched_with.contains(key) and spark.conf.get(key, None) != value:
-            spark.conf.set(key, value)  # unless the job set it itself
+        if launched_with is not None and launched_with.contains(key):
+            continue  # the job set it itself
+        if spark.conf.get(key, None) == value:
+            continue
+        try:
+            spark.conf.set(key, value)
+        except PySparkException as exc:  # a managed server (serverless) allows few settings
+            log.info("recommended setting %s=%s not applied: %s", key, value, str(exc).splitlines()[0])
+
+
+def thread_pool(spark: SparkSession, workers: int) -> ThreadPoolExecutor:
+    """Threads that run work on `spark`. Spark Connect's ML calls (a fitted model's centres, say) use
+    the calling thread's active session, which a new thread lacks (pyspark 4.0): under Connect each
+    thread of the pool makes `spark` its own on start."""
+    if not is_connect(spark):
+        return ThreadPoolExecutor(max_workers=workers)
+    session = type(spark)
+    return ThreadPoolExecutor(
+        max_workers=workers, initializer=lambda: session._set_default_and_active_session(spark)
+    )
+
+
+_TAGS: dict[tuple[str, int], str] = {}
 
 
 def describe(spark: SparkSession, text: str) -> None:
-    """Name the Spark jobs that follow, so the Spark UI reads like the pipeline."""
-    spark.sparkContext.setJobDescription(text)
+    """Name the Spark jobs that follow, so the Spark UI reads like the pipeline: their description, or
+    under Spark Connect (which has none) their job tag, one at a time. Both belong to the calling
+    thread, as the stages' parallel fits expect."""
+    if not is_connect(spark):
+        spark.sparkContext.setJobDescription(text)
+        return
+    key = (spark.session_id, threading.get_ident())
+    previous = _TAGS.pop(key, None)
+    if previous:
+        spark.removeTag(previous)
+    tag = text.replace(",", ";") or "-"  # a tag may hold no comma
+    spark.addTag(tag)
+    _TAGS[key] = tag
 
 
 class Phases:

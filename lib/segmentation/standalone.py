@@ -1,11 +1,15 @@
 """A Spark standalone cluster on this machine (a master and workers bound to 127.0.0.1), started from
 this environment's Spark: for the cluster tests, the benchmark's cluster run, and people who want to
-try `spark-submit --master spark://...` before a real cluster.
+try `spark-submit --master spark://...` before a real cluster. Also a local Spark Connect server with
+Delta Lake, for running the product as a Spark Connect client (`spark.remote`) as on Databricks
+serverless.
 
     python -m segmentation.standalone up [--dir data/cluster] [--workers 2] [--cores 1] [--memory 2g]
     python -m segmentation.standalone down [--dir data/cluster]
+    python -m segmentation.standalone connect-up [--dir data/connect] [--cores 2]
+    python -m segmentation.standalone connect-down [--dir data/connect]
 
-(`make cluster-up` / `make cluster-down`.) `up` waits until every worker has registered with the master
+(`make cluster-up` / `make cluster-down`, `make connect-up` / `make connect-down`.) `up` waits until every worker has registered with the master
 and prints the master URL; its state (URL, process ids) is kept in `<dir>/cluster.json` for `down`.
 Every daemon runs in its own process group, so `down` (or the owner's exit) stops workers together with
 the executors they started.
@@ -163,13 +167,7 @@ class StandaloneCluster:
 
     def stop(self, grace: float = 20) -> None:
         """Stop the workers (and their executors), then the master."""
-        for pid in reversed(self.pids):
-            _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_running(p) for p in self.pids):
-            time.sleep(0.2)
-        for pid in self.pids:
-            _signal_group(pid, signal.SIGKILL)
+        _stop_groups(self.pids, grace)
         self.pids = []
         self.state_file.unlink(missing_ok=True)
 
@@ -197,6 +195,116 @@ class StandaloneCluster:
         )
 
 
+@dataclass
+class ConnectServer:
+    """A Spark Connect server (`SparkConnectServer` under spark-submit, local[`cores`]) with Delta Lake's
+    jars, extension and catalog, listening on 127.0.0.1:`port`. The product's local session settings
+    apply to its session; the clients' Python UDFs run in this environment's interpreter."""
+
+    directory: Path
+    cores: int = 2
+    port: int = 0
+    pids: list[int] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"sc://{HOST}:{self.port}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / "connect.json"
+
+    def start(self, timeout: float = 180) -> str:
+        """Start the server; return its sc:// URL once it accepts connections."""
+        from segmentation.spark import delta_settings, local_defaults
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "logs").mkdir(exist_ok=True)
+        self.port = self.port or free_port()
+        settings = {
+            **local_defaults(self.cores),
+            **delta_settings({}),
+            "spark.connect.grpc.binding.address": HOST,
+            "spark.connect.grpc.binding.port": str(self.port),
+            "spark.sql.warehouse.dir": str(self.directory / "warehouse"),
+            "spark.local.dir": str(self.directory / "tmp"),
+        }
+        command = [
+            str(spark_home() / "bin" / "spark-submit"),
+            "--class",
+            "org.apache.spark.sql.connect.service.SparkConnectServer",
+            "--master",
+            f"local[{self.cores}]",
+            "--name",
+            "segmentation connect server",
+        ]
+        for key, value in settings.items():
+            command += ["--conf", f"{key}={value}"]
+        env = dict(os.environ, SPARK_HOME=str(spark_home()))
+        env.setdefault("PYSPARK_PYTHON", sys.executable)
+        env.pop("SPARK_REMOTE", None)  # the server is not a client
+        out = (self.directory / "logs" / "connect-server.log").open("ab")
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        out.close()
+        self.pids = [process.pid]
+        self.state_file.write_text(json.dumps({"url": self.url, "port": self.port, "pids": self.pids}))
+        try:
+            self._wait(timeout)
+        except ClusterError:
+            self.stop()
+            raise
+        log.info("Spark Connect server up at %s", self.url)
+        return self.url
+
+    def _wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _running(self.pids[0]):
+                raise ClusterError(
+                    f"the Spark Connect server exited while starting; see {self.directory / 'logs'}"
+                )
+            with socket.socket() as probe:
+                probe.settimeout(1)
+                if probe.connect_ex((HOST, self.port)) == 0:
+                    return
+            time.sleep(0.5)
+        raise ClusterError(
+            f"the Spark Connect server did not listen on {self.url} within {timeout:.0f} s; "
+            f"see {self.directory / 'logs'}"
+        )
+
+    def stop(self, grace: float = 20) -> None:
+        _stop_groups(self.pids, grace)
+        self.pids = []
+        self.state_file.unlink(missing_ok=True)
+
+    @classmethod
+    def from_state(cls, directory: Path) -> ConnectServer:
+        state_file = directory / "connect.json"
+        if not state_file.is_file():
+            raise ClusterError(f"no Spark Connect server state under {directory}: nothing started there")
+        state = json.loads(state_file.read_text())
+        return cls(directory, port=state["port"], pids=state["pids"])
+
+
+def _stop_groups(pids: list[int], grace: float) -> None:
+    """TERM each process group (last started first), then KILL what is left after `grace` seconds."""
+    for pid in reversed(pids):
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        _signal_group(pid, signal.SIGKILL)
+
+
 def _running(pid: int) -> bool:
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own children, so they do not linger as zombies
@@ -222,22 +330,40 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m segmentation.standalone", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("action", choices=("up", "down"))
-    parser.add_argument("--dir", default="data/cluster", help="state, logs and worker directories")
+    parser.add_argument("action", choices=("up", "down", "connect-up", "connect-down"))
+    parser.add_argument(
+        "--dir", default=None, help="state, logs and worker directories (data/cluster; data/connect)"
+    )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cores", type=int, default=1, help="cores per worker")
+    parser.add_argument(
+        "--cores", type=int, default=None, help="cores per worker (1); of the Connect server (2)"
+    )
     parser.add_argument("--memory", default="2g", help="memory per worker")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    directory = Path(args.dir).resolve()
+    connect = args.action.startswith("connect")
+    directory = Path(args.dir or ("data/connect" if connect else "data/cluster")).resolve()
     try:
+        if args.action == "connect-down":
+            ConnectServer.from_state(directory).stop()
+            print(f"stopped the Spark Connect server under {directory}")
+            return 0
+        if args.action == "connect-up":
+            if (directory / "connect.json").is_file():
+                raise ClusterError(
+                    f"a Spark Connect server is already up under {directory}: run `connect-down` first"
+                )
+            url = ConnectServer(directory, cores=args.cores or 2).start()
+            print(url)
+            print(f"use: segment run --conf conf/local.yaml --set spark.remote={url}", file=sys.stderr)
+            return 0
         if args.action == "down":
             StandaloneCluster.from_state(directory).stop()
             print(f"stopped the cluster under {directory}")
             return 0
         if (directory / "cluster.json").is_file():
             raise ClusterError(f"a cluster is already up under {directory}: run `down` first")
-        cluster = StandaloneCluster(directory, args.workers, args.cores, args.memory)
+        cluster = StandaloneCluster(directory, args.workers, args.cores or 1, args.memory)
         url = cluster.start()  # the daemons outlive this command (own sessions); `down` stops them
         print(url)
         print(

@@ -71,6 +71,7 @@ def test_databricks_overlay_is_valid():
         ("stream.max_files_per_trigger=0", "stream.max_files_per_trigger"),
         ("stream.max_file_age=a week", "stream.max_file_age"),
         ("report.map_users=-1", "report.map_users"),
+        ("spark.remote=localhost:15002", "spark.remote"),  # not an sc:// URL
     ],
 )
 def test_bad_config_names_the_key(override, key):

@@ -24,13 +24,13 @@ from pyspark.sql import functions as F
 
 from segmentation.artifacts import published
 from segmentation.assign import drift
-from segmentation.cluster import history, registration
+from segmentation.cluster import history, promotion, registration
 from segmentation.cluster.fit import apply_model
 from segmentation.cluster.metrics import with_distance
 from segmentation.cluster.refine import REPRESENTATION as IDEC
 from segmentation.cluster.refine import refined_embedding
 from segmentation.cluster.segmenter import ASSIGN, Segmenter
-from segmentation.cluster.stage import published_run
+from segmentation.cluster.stage import SEGMENT_TABLES, published_run
 from segmentation.config import FeaturesConfig
 from segmentation.embed.encoder import METHODS
 from segmentation.embed.stage import ARROW_BATCH, session_setting
@@ -140,22 +140,20 @@ def assign_users(
 
 
 def current_segmenter(ctx: StageContext) -> Segmenter:
-    """The segmenter the last cluster run published, checked against the segment tables it wrote."""
+    """The segmenter to score with: the registry's `champion` where one is registered (its segments
+    republished first when the tables hold another run: promotion is an alias move), else the one the
+    last cluster run published; checked against the segment tables."""
     version = published(ctx.paths.current_segmenter)
     if version is None:
         raise StageError(f"no fitted segmenter under {ctx.paths.segmenters}: run `segment cluster` first")
+    champion = registration.champion_run(ctx.cfg)
+    if champion is not None and (champion != version or published_run(ctx.store, strict=False) != champion):
+        return promotion.republish(ctx, champion, SEGMENT_TABLES)
     held = published_run(ctx.store)
     if held != version:
         raise StageError(
             f"the segment tables hold cluster run {held} but the published segmenter is {version}: "
             "run `segment cluster` again"
-        )
-    champion = registration.champion_run(ctx.cfg)
-    if champion is not None and champion != version:
-        raise StageError(
-            f"the `{registration.CHAMPION}` alias of {registration.model_name(ctx.cfg)} names cluster run "
-            f"{champion}, but the segment tables hold run {version}: move the alias back to run {version}'s "
-            "version, or run `segment cluster` to fit and publish a new champion"
         )
     return Segmenter.load(ctx.paths, version)
 

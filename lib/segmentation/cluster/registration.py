@@ -2,8 +2,8 @@
 pyfunc model (raw features → segment id) under an MLflow run that also holds the clustering's metrics
 (and, once the report stage has run, the report), registered as a new version of one model (Unity
 Catalog's registry on Databricks, the embedded file store here), tagged with its cluster run, and the
-`champion` alias moved to it. `assign` scores only when the champion is the model the segment tables
-hold (`champion_run`), so a promotion or rollback done in the registry is never silently ignored.
+`champion` alias moved to it. `assign` scores with the champion (`champion_run`): a promotion or
+rollback done in the registry republishes that fit's segments first (`promotion.py`).
 """
 
 from __future__ import annotations
@@ -82,13 +82,16 @@ def register(
         "idec": ctx.paths.refined_model(segmenter.encoder_version or ""),
     }[segmenter.representation]
     by_segment = {r["segment_id"]: list(r["centroid"]) for r in centroids.collect()}  # k rows
+    directory = ctx.paths.segmenter(segmenter.run_id)
+    tree = pyfunc.bisecting_tree(directory / "model") if segmenter.algorithm == "bisecting_kmeans" else None
     artifacts = pyfunc.export(
-        ctx.paths.segmenter(segmenter.run_id) / "pyfunc",
+        directory / "pyfunc",
         asdict(segmenter),
         asdict(scaler),
         np.asarray(model.clusterCenters()),
         by_segment,
         encoder,
+        tree,
     )
     name = model_name(cfg)
     connect(cfg)

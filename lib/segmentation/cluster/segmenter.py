@@ -24,6 +24,7 @@ from segmentation.cluster.density import NOISE, DensityModel
 from segmentation.errors import StageError
 
 MANIFEST = "segmenter.json"
+PUBLISHED = "published_tables.json"  # the table versions the fit wrote its segments in (promotion.py)
 FIT, ASSIGN = "fit", "assign"  # how a user_segments row was made
 _MLLIB = {
     "kmeans": KMeansModel,
@@ -67,6 +68,15 @@ class Segmenter:
                 "run `segment cluster` again to fit one `assign` can use"
             )
         return Segmenter(**{name: values[name] for name in Segmenter.__dataclass_fields__})
+
+    def record_tables(self, paths: ArtifactPaths, versions: dict[str, int]) -> None:
+        """Record the versions of the segment tables in which this fit published its segments."""
+        atomic_write_text(paths.segmenter(self.run_id) / PUBLISHED, json.dumps(versions, indent=2))
+
+    def published_tables(self, paths: ArtifactPaths) -> dict[str, int] | None:
+        """The table versions `record_tables` recorded; None for a fit that recorded none."""
+        path = paths.segmenter(self.run_id) / PUBLISHED
+        return {k: int(v) for k, v in json.loads(path.read_text()).items()} if path.is_file() else None
 
     def model(self, paths: ArtifactPaths):
         """The fitted clusterer, reading the vector column `vector`."""

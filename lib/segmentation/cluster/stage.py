@@ -12,7 +12,6 @@ embedding's chosen k and so is trained here.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +38,7 @@ from segmentation.cluster.selection import select
 from segmentation.errors import StageError
 from segmentation.sequence.stage import REPRESENTATION as SEQUENCE
 from segmentation.sequence.tokens import FIELDS
+from segmentation.spark import default_parallelism, is_connect, thread_pool
 from segmentation.stage import StageContext, StageResult, summary_field
 from segmentation.storage import TableStore
 from segmentation.tables import (
@@ -71,7 +71,7 @@ def run(ctx: StageContext) -> ClusterResult:
     embeddings = ctx.store.read_or_fail(USER_EMBEDDINGS, "cluster")
     features = ctx.store.read_or_fail(USER_FEATURES, "cluster")
     truth = planted_truth(ctx)
-    cores = ctx.spark.sparkContext.defaultParallelism
+    cores = default_parallelism(ctx.spark)
     extra = {}
     if SEQUENCE in cfg.candidates:
         extra[SEQUENCE] = ctx.store.read_or_fail(USER_SEQUENCE_EMBEDDINGS, "cluster (sequence candidate)")
@@ -258,7 +258,7 @@ def _sweep(
 
     # On small data each fit and metric is a handful of short Spark jobs whose cost is scheduling
     # latency, so candidates run side by side (Spark accepts jobs from several driver threads).
-    with ThreadPoolExecutor(max_workers=cfg.parallelism) as pool:
+    with thread_pool(ctx.spark, cfg.parallelism) as pool:
         scored = list(pool.map(fit_and_score, candidates))
     return [r for r, _ in scored], [m for _, m in scored]
 
@@ -290,8 +290,9 @@ def spread(frame: DataFrame, cores: int) -> DataFrame:
     """`frame` partitioned by user over at least every core, sorted within partitions, cached: the fits
     sample and iterate over the same rows in the same order whatever order the table's files are listed
     in (a round-robin spread made k-means starts and Gaussian mixtures differ from one read of the same
-    table to the next)."""
-    partitions = max(cores, frame.rdd.getNumPartitions())
+    table to the next). Under Spark Connect, where a plan's partitions are not visible without running
+    it, the spread is over `cores` partitions."""
+    partitions = cores if is_connect(frame.sparkSession) else max(cores, frame.rdd.getNumPartitions())
     return frame.repartition(partitions, "user_id").sortWithinPartitions("user_id").cache()
 
 
@@ -371,6 +372,7 @@ def _write_selected(
             centres.select("segment_id", F.col("n").alias("size"), "centroid", *tags), SEGMENT_CENTROIDS
         )
         store.overwrite(segments, USER_SEGMENTS)
+        segmenter.record_tables(ctx.paths, {name: store.version(name) for name in SEGMENT_TABLES})
         publish(ctx.paths.current_segmenter, run_id)
         history.sync(ctx)
         views.persist(store, cfg.privacy.min_segment_size, cfg.recommend.event_types)
@@ -437,19 +439,25 @@ def _log_profiles(profiles, minimum: int) -> None:
         )
 
 
-def published_run(store: TableStore) -> str:
+SEGMENT_TABLES = (SEGMENT_PROFILES, SEGMENT_CENTROIDS, USER_SEGMENTS)
+"""The tables a cluster run publishes its segments in, in the order it replaces them."""
+
+
+def published_run(store: TableStore, strict: bool = True) -> str | None:
     """The cluster run whose outputs user_segments, segment_centroids and segment_profiles hold; a
-    StageError when they hold different runs (a cluster run was killed while replacing them) or
-    when one is missing. Each table holds one run (the stage replaces them whole; `assign` adds rows
+    StageError when they hold different runs (a cluster run was killed while replacing them; None
+    instead when not `strict`) or when one is missing. Each table holds one run (the stage replaces them whole; `assign` adds rows
     of the same model to user_segments, whose model_version names it), so one row each says which."""
     runs = {}
-    for name in (SEGMENT_PROFILES, SEGMENT_CENTROIDS, USER_SEGMENTS):
+    for name in SEGMENT_TABLES:
         table = store.read_or_fail(name, "reading segments")
         # user_segments written before assign existed has no model_version: its run_id is the model's
         column = "model_version" if "model_version" in table.columns else "run_id"
         row = table.select(column).head()
         runs[name] = row[0] if row else None
     if len(set(runs.values())) != 1:
+        if not strict:
+            return None
         held = ", ".join(f"{name}: {run}" for name, run in runs.items())
         raise StageError(
             f"the segment tables hold different cluster runs ({held}): a cluster run stopped while "

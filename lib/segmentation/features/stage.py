@@ -14,6 +14,7 @@ from segmentation.config import FeaturesConfig
 from segmentation.errors import StageError
 from segmentation.features.aggregates import Vocabulary, feature_specs, user_features, vocabulary
 from segmentation.features.scaling import Scaler, fit_scaler
+from segmentation.spark import default_parallelism
 from segmentation.stage import StageContext, StageResult, summary_field
 from segmentation.tables import EVENTS_SILVER, USER_FEATURES
 
@@ -153,7 +154,7 @@ def _write(ctx: StageContext, out: DataFrame) -> None:
     # of their id and sorted within each file: the same features give the same files in the same row
     # order, so training reads the same batches and a rerun reproduces its losses (a round-robin
     # spread placed rows by shuffle arrival order, which differs from one run to the next).
-    partitions = max(2 * ctx.cfg.training.num_processes, ctx.spark.sparkContext.defaultParallelism)
+    partitions = max(2 * ctx.cfg.training.num_processes, default_parallelism(ctx.spark))
     ctx.store.overwrite(out.repartition(partitions, "user_id").sortWithinPartitions("user_id"), USER_FEATURES)
 
 

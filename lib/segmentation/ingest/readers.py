@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import uuid
 from pathlib import Path
 
 from pyspark.errors import AnalysisException
@@ -24,6 +26,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from segmentation.config import InputConfig
 from segmentation.errors import ConfigError, InputError, one_line
+from segmentation.spark import is_connect
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +35,16 @@ UNDECODABLE = "_undecodable"
 _PARTITION_DIR = re.compile(r"^[^=/]+=[^/]*$")
 
 
-def read_raw(spark: SparkSession, cfg: InputConfig, files: list[str] | None = None) -> DataFrame:
-    """Read `files` (default: everything under `cfg.path`) in `cfg.format`.
+def read_raw(
+    spark: SparkSession, cfg: InputConfig, files: list[str] | None = None, scratch: Path | None = None
+) -> DataFrame:
+    """Read `files` (default: everything under `cfg.path`) in `cfg.format`. `scratch`: a directory
+    both this process and Spark can write, which a Spark Connect session needs for a JSON batch whose
+    schema must be inferred from some of its lines.
     Output columns: raw_record, source_file, rec, parse_error."""
-    readers = {"json": _read_json_lines, "csv": _read_csv, "parquet": _read_parquet, "text": _read_text}
+    if cfg.format == "json":
+        return _read_json_lines(spark, cfg, files or [cfg.path], scratch)
+    readers = {"csv": _read_csv, "parquet": _read_parquet, "text": _read_text}
     return readers[cfg.format](spark, cfg, files or [cfg.path])
 
 
@@ -95,7 +104,9 @@ def _lines(spark: SparkSession, files: list[str]) -> DataFrame:
     )
 
 
-def _read_json_lines(spark: SparkSession, cfg: InputConfig, files: list[str]) -> DataFrame:
+def _read_json_lines(
+    spark: SparkSession, cfg: InputConfig, files: list[str], scratch: Path | None = None
+) -> DataFrame:
     """One JSON object per line. A line that is not one, repeats a key (which value would count is
     undefined) or holds bytes that are not UTF-8 is a record to quarantine; a batch in which no line
     at all is a JSON object is an input error naming its files."""
@@ -104,7 +115,7 @@ def _read_json_lines(spark: SparkSession, cfg: InputConfig, files: list[str]) ->
     repeated_key = F.coalesce(
         F.size(F.array_distinct(F.transform(keys, F.lower))) < F.size(keys), F.lit(False)
     )
-    inferred = _infer_json(spark, cfg, files, lines, repeated_key)
+    inferred = _infer_json(spark, cfg, files, lines, repeated_key, scratch)
     fields = _first_of_each_name(f for f in inferred if f.name != CORRUPT)
     if not fields and not lines.isEmpty():
         shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
@@ -121,11 +132,18 @@ def _read_json_lines(spark: SparkSession, cfg: InputConfig, files: list[str]) ->
 
 
 def _infer_json(
-    spark: SparkSession, cfg: InputConfig, files: list[str], lines: DataFrame, repeated_key: Column
+    spark: SparkSession,
+    cfg: InputConfig,
+    files: list[str],
+    lines: DataFrame,
+    repeated_key: Column,
+    scratch: Path | None = None,
 ) -> list[StructField]:
     """The fields of the batch's JSON objects, inferred by Spark's JSON reader from the files. Its
     inference refuses a batch in which a record repeats a key (the key becomes two columns); then it
-    infers again from the other lines, which pass through Python once (only in that case)."""
+    infers again from the other lines, which pass through Python once (only in that case). A Spark
+    Connect client cannot hand lines to the reader: there they are written under `scratch` and read
+    back as files."""
     reader = spark.read.options(**_options(cfg))
     try:
         return list(reader.option("recursiveFileLookup", "true").json(files).schema.fields)
@@ -133,8 +151,19 @@ def _infer_json(
         if "COLUMN_ALREADY_EXISTS" not in str(exc):
             raise
     log.warning("ingest: a record repeats a JSON key (quarantined); inferring the schema from the others")
-    others = lines.where(~repeated_key).select("raw_record").rdd.map(lambda row: row[0])
-    return list(reader.json(others).schema.fields)
+    others = lines.where(~repeated_key).select("raw_record")
+    if not is_connect(spark):
+        return list(reader.json(others.rdd.map(lambda row: row[0])).schema.fields)
+    if scratch is None:
+        raise InputError(
+            "a JSON record repeats a key, and this Spark Connect session has no scratch directory"
+        )
+    target = scratch / f"json-inference-{uuid.uuid4().hex}"
+    others.write.text(str(target))
+    try:
+        return list(reader.json(str(target)).schema.fields)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def undecodable(raw: DataFrame) -> Column:

@@ -136,7 +136,7 @@ def ingest_files(
     cfg, store = ctx.cfg, ctx.store
     rules = builtin_rules(cfg.input, cfg.ingest)
     ctx.describe(f"ingest: read {len(files)} files")
-    raw = read_raw(ctx.spark, cfg.input, files)
+    raw = read_raw(ctx.spark, cfg.input, files, ctx.paths.scratch(ctx.run_id))
     input_cfg = dataclasses.replace(cfg.input, time_format=detect_time_format(raw, cfg.input))
     redacting = key is not None or bool(cfg.privacy.pii_fields)
     if redacting:

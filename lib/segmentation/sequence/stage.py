@@ -19,6 +19,7 @@ from segmentation.embed.stage import ARROW_BATCH, session_setting
 from segmentation.errors import StageError
 from segmentation.features.stage import window
 from segmentation.sequence.tokens import FIELDS, cardinalities, user_sequences
+from segmentation.spark import default_parallelism
 from segmentation.stage import StageContext, StageResult, summary_field
 from segmentation.tables import EVENTS_SILVER, USER_FEATURES, USER_SEQUENCE_EMBEDDINGS, USER_SEQUENCES
 from segmentation.train.spec import SequenceSpec, per_process_batch, training_rows
@@ -60,7 +61,7 @@ def run(ctx: StageContext) -> SequenceResult:
         features.select("user_id"), "user_id", "left_semi"
     )
     tokens = user_sequences(events, categories, ctx.cfg.sequence.max_events, ctx.cfg.features.timezone)
-    partitions = max(2 * ctx.cfg.training.num_processes, ctx.spark.sparkContext.defaultParallelism)
+    partitions = max(2 * ctx.cfg.training.num_processes, default_parallelism(ctx.spark))
     # placed and sorted by user, as user_features: the same events give the same files and batches
     ctx.store.overwrite(
         tokens.withColumn("run_id", F.lit(ctx.run_id))

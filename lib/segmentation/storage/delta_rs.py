@@ -294,7 +294,7 @@ class DeltaRsStore(TableStore):
         staging = location / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         location.mkdir(parents=True, exist_ok=True)
         try:
-            df.write.mode("errorifexists").partitionBy(*partition_by).parquet(str(staging))
+            df.write.mode("error").partitionBy(*partition_by).parquet(str(staging))
             actions: list[AddAction] = []
             written: list[Path] = []
             for staged in sorted(staging.rglob("*.parquet")):

@@ -1,7 +1,14 @@
 """Delta tables through delta-spark: the default engine wherever Delta Lake's Spark jars are loaded
 (`make setup` installs them for local sessions and the venv's spark-submit; Databricks has them built
 in). Native MERGE, replaceWhere, idempotent appends (`txnAppId`/`txnVersion`), time travel, OPTIMIZE,
-VACUUM and REORG; Delta's optimistic concurrency decides between concurrent writers."""
+VACUUM and REORG; Delta's optimistic concurrency decides between concurrent writers.
+
+Table operations go through Delta's SQL (MERGE INTO, DESCRIBE HISTORY, OPTIMIZE), which a Spark Connect
+client sends like any query: open-source Spark Connect servers do not serve the `DeltaTable` API without
+Delta Connect's server plugin. Two reads need Delta's log itself: the files of a snapshot, and the
+idempotent-write versions (`txn` actions). In a classic session they come from Delta's snapshot object
+through the JVM; under Spark Connect, where there is no JVM to reach, from Delta's reader and from the
+log files read as a table (see `_logged_generation`)."""
 
 from __future__ import annotations
 
@@ -13,11 +20,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from py4j.protocol import Py4JError
+from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from segmentation.config import StorageConfig
 from segmentation.errors import StorageError
+from segmentation.spark import default_parallelism, is_connect
 from segmentation.storage.base import (
     TABLE_PROPERTIES,
     ReadPoint,
@@ -48,12 +58,23 @@ HOW_TO_ADD = (
 )
 
 
+# The `txn` actions of Delta's log (commits and checkpoints alike): the idempotent-write versions.
+_TXN_SCHEMA = StructType(
+    [StructField("txn", StructType([StructField("appId", StringType()), StructField("version", LongType())]))]
+)
+
+
 def delta_spark_available(spark: SparkSession) -> bool:
     """Delta is detected by its classes and its catalog, not by the text of spark.sql.extensions:
     Delta's table classes load, and the session's catalog is Delta's (open source: DeltaCatalog as the
-    session catalog with Delta's SQL parser; Databricks runtimes build Delta in without naming it)."""
+    session catalog with Delta's SQL parser; Databricks runtimes build Delta in without naming it).
+    A Spark Connect client has no JVM to ask: there the server is asked for Delta's data source."""
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return True
+    if is_connect(spark):
+        return _serves_delta(spark)
     jvm = getattr(spark.sparkContext, "_jvm", None)
-    if jvm is None:  # Spark Connect: no JVM to ask
+    if jvm is None:
         return False
     try:
         jvm.java.lang.Class.forName(
@@ -64,9 +85,17 @@ def delta_spark_available(spark: SparkSession) -> bool:
         parser = state.sqlParser().getClass().getName()
     except Exception:  # py4j raises its own error types for a missing class
         return False
-    if "DeltaCatalog" in catalog and "Delta" in parser:
-        return True
-    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
+    return "DeltaCatalog" in catalog and "Delta" in parser
+
+
+def _serves_delta(spark: SparkSession) -> bool:
+    """Whether a Spark Connect server resolves Delta's data source: reading a path that does not exist
+    fails on a missing table with Delta, on a missing data source without it."""
+    try:
+        _ = spark.read.format("delta").load(f"/nonexistent-{uuid.uuid4().hex}").schema
+    except PySparkException as exc:
+        return "DATA_SOURCE_NOT_FOUND" not in str(exc)
+    return True
 
 
 class DeltaSparkStore(TableStore):
@@ -103,21 +132,29 @@ class DeltaSparkStore(TableStore):
             return self.location(name)
         return "delta.`" + self.location(name).replace("`", "``") + "`"
 
-    def _table(self, name: str):
-        from delta.tables import DeltaTable
-
-        if self._catalog_mode():
-            return DeltaTable.forName(self.spark, self.location(name))
-        return DeltaTable.forPath(self.spark, self.location(name))
+    def _history(self, name: str, limit: int | None = None) -> DataFrame:
+        """DESCRIBE HISTORY: the table's commits, newest first."""
+        return self.spark.sql(
+            f"DESCRIBE HISTORY {self._ident(name)}" + (f" LIMIT {int(limit)}" if limit else "")
+        )
 
     def _detail(self, name: str):
         return self.spark.sql(f"DESCRIBE DETAIL {self._ident(name)}").head()
+
+    def _path(self, name: str) -> str:
+        """The table's directory."""
+        return self._detail(name).location if self._catalog_mode() else self.location(name)
 
     # ------------------------------------------------------------ reading
 
     def exists(self, name: str) -> bool:
         if self._catalog_mode():
             return self.spark.catalog.tableExists(self.location(name))
+        if is_connect(self.spark):
+            try:
+                return self._detail(name).format == "delta"
+            except AnalysisException:  # no table at the path (or not a Delta one)
+                return False
         from delta.tables import DeltaTable
 
         return DeltaTable.isDeltaTable(self.spark, self.location(name))
@@ -131,16 +168,35 @@ class DeltaSparkStore(TableStore):
         return reader.load(self.location(name))
 
     def version(self, name: str) -> int:
-        return int(self._table(name).history(1).select("version").head()[0])
+        return int(self._history(name, 1).select("version").head()[0])
 
     def history(self, name: str, limit: int | None = None) -> list[dict]:
-        rows = self._table(name).history(limit) if limit else self._table(name).history()
-        return [r.asDict() for r in rows.select("version", "timestamp", "operation").collect()]
+        rows = self._history(name, limit).select("version", "timestamp", "operation").collect()
+        return [r.asDict() for r in rows]
 
     def _version_and_generation(self, name: str, app_id: str) -> tuple[int, int]:
+        if is_connect(self.spark):
+            return self.version(name), self._logged_generation(name, app_id)
         _, snap = self._jsnapshot(name)
         seen = snap.transactions().get(app_id)
         return int(snap.version()), int(seen.get()) if seen.isDefined() else 0
+
+    def _logged_generation(self, name: str, app_id: str) -> int:
+        """`app_id`'s idempotent-write version, read from the log files as a table (Spark Connect):
+        every commit file and checkpoint the log keeps. A checkpoint carries each app's latest
+        version, and versions only grow, so the largest one logged is the current one. It may be a
+        commit newer than the version read beside it; the write it guards checks again when it
+        commits."""
+        log_dir = self._path(name).rstrip("/") + "/_delta_log"
+        commits = self.spark.read.schema(_TXN_SCHEMA).option("pathGlobFilter", "*.json").json(log_dir)
+        checkpoints = (
+            self.spark.read.schema(_TXN_SCHEMA)
+            .option("pathGlobFilter", "*.checkpoint*.parquet")
+            .parquet(log_dir)
+        )
+        actions = commits.unionByName(checkpoints)
+        newest = actions.where(F.col("txn.appId") == app_id).agg(F.max("txn.version")).head()[0]
+        return int(newest or 0)
 
     def properties(self, name: str) -> dict[str, str]:
         return dict(self._detail(name).properties)
@@ -167,6 +223,8 @@ class DeltaSparkStore(TableStore):
         return delta_log, delta_log.update(False, empty, empty)
 
     def snapshot(self, name: str) -> TableFiles:
+        if is_connect(self.spark):
+            return self._snapshot_from_reader(name)
         try:
             delta_log, snap = self._jsnapshot(name)
         except (TypeError, Py4JError) as exc:
@@ -247,7 +305,7 @@ class DeltaSparkStore(TableStore):
         self._commit(name, lambda: self._save(tagged, name))
         newest = self.version(name)
         since = newest - (guard.version if guard.version is not None else -1)
-        commits = self._table(name).history(max(1, since)).where(F.col("userMetadata") == token)
+        commits = self._history(name, max(1, since)).where(F.col("userMetadata") == token)
         if commits.isEmpty():
             raise guard_error(guard, f"committed generation {guard.txn[1]} first")
 
@@ -300,19 +358,21 @@ class DeltaSparkStore(TableStore):
 
     def _merge(self, df: DataFrame, name: str, keys: list[str]) -> None:
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        merge = (
-            self._table(name)
-            .alias("t")
-            .merge(df.alias("s"), condition)
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
+        source = f"_merge_source_{uuid.uuid4().hex}"  # a session temp view: SQL's way to name a frame
+        df.createOrReplaceTempView(source)
+        statement = (
+            f"MERGE INTO {self._ident(name)} AS t USING `{source}` AS s ON {condition} "
+            "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
         )
-        self._commit(name, merge.execute)
+        try:
+            self._commit(name, lambda: self.spark.sql(statement).collect())
+        finally:
+            self.spark.catalog.dropTempView(source)
 
     # ------------------------------------------------------------ maintenance
 
     def optimize(self, name: str) -> dict[str, int]:
-        metrics = self._table(name).optimize().executeCompaction().head().metrics
+        metrics = self.spark.sql(f"OPTIMIZE {self._ident(name)}").head().metrics
         return {"files_removed": int(metrics.numFilesRemoved), "files_added": int(metrics.numFilesAdded)}
 
     def vacuum(self, name: str, retain_hours: float, enforce_retention: bool = True) -> int:
@@ -321,7 +381,7 @@ class DeltaSparkStore(TableStore):
             # VACUUM lists the table's directories in this many tasks; Spark's default of 10,000 took a
             # minute for one small table on two cores. One task per core lists as fast.
             "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
-                max(2, self.spark.sparkContext.defaultParallelism)
+                max(2, default_parallelism(self.spark))
             ),
         }
         saved = {key: self.spark.conf.get(key, None) for key in settings}
@@ -341,10 +401,20 @@ class DeltaSparkStore(TableStore):
         return deleted
 
     def purge_deletion_vectors(self, name: str) -> int:
-        _, snap = self._jsnapshot(name)
-        with_dv = DataFrame(snap.allFiles().toDF(), self.spark).where("deletionVector IS NOT NULL").count()
+        if is_connect(self.spark):
+            # No log object to count them by: REORG rewrites exactly the files that have them.
+            if "deletionVectors" not in (self._detail(name).tableFeatures or []):
+                return 0
+            metrics = self.spark.sql(f"REORG TABLE {self._ident(name)} APPLY (PURGE)").head().metrics
+            with_dv = int(metrics.numFilesRemoved)
+        else:
+            _, snap = self._jsnapshot(name)
+            with_dv = (
+                DataFrame(snap.allFiles().toDF(), self.spark).where("deletionVector IS NOT NULL").count()
+            )
+            if with_dv:
+                self.spark.sql(f"REORG TABLE {self._ident(name)} APPLY (PURGE)").collect()
         if with_dv:
-            self.spark.sql(f"REORG TABLE {self._ident(name)} APPLY (PURGE)").collect()
             self.spark.sql(
                 f"ALTER TABLE {self._ident(name)} SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'false')"
             )
@@ -355,13 +425,16 @@ class DeltaSparkStore(TableStore):
     def register_views(self) -> list[str]:
         """Plain names for `segment sql`, with Delta's time travel and history on them: catalog tables
         are made the current schema's; path tables become external tables of the session's in-memory
-        catalog (nothing persists, no data moves). A shared Hive metastore gets temporary views only,
-        so nothing is created in it (time travel then reads `delta.`<path>` VERSION AS OF n`)."""
+        catalog (nothing persists, no data moves). A shared Hive metastore, and a Spark Connect server
+        (whose catalog every client session shares), get temporary views only, so nothing is created in
+        them (time travel then reads `delta.`<path>` VERSION AS OF n`)."""
         if self._catalog_mode():
             if self.cfg.catalog:
                 self.spark.catalog.setCurrentCatalog(self.cfg.catalog)
             self.spark.catalog.setCurrentDatabase(self.cfg.schema)
             return [name for name in ALL_TABLES if self.exists(name)]
+        if is_connect(self.spark):
+            return super().register_views()
         if self.spark.conf.get("spark.sql.catalogImplementation", "in-memory") != "in-memory":
             return super().register_views()
         registered = []

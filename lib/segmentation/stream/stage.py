@@ -17,6 +17,12 @@ change. A cluster run publishing while a micro-batch assigns fails that micro-ba
 stops with the error; restarted, it redoes it). Each micro-batch has one row in
 pipeline_runs (stage `stream_batch`, run id `stream-<query id>-<batch id>`, the same across restarts),
 with its records in, kept, quarantined and duplicate.
+
+Under Spark Connect the micro-batch function runs in a Python process of the server, not here: it
+gets the config (pickled) instead of this process's session and builds its own context on the batch
+frame's session, reads the query id from the checkpoint, and the stream's totals are read back from
+its pipeline_runs rows. A stop signal then stops the query at once; the micro-batch it cuts short is
+redone on restart, as after a crash.
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import LongType
 
 from segmentation.assign.stage import AssignResult, active_since, assign_users, current_segmenter
 from segmentation.cluster.segmenter import Segmenter
+from segmentation.config import Config
 from segmentation.errors import SegmentationError, StageError
 from segmentation.ingest.readers import normalize_file, normalized_file
 from segmentation.ingest.stage import (
@@ -45,8 +53,9 @@ from segmentation.ingest.stage import (
 )
 from segmentation.pipeline import recorded
 from segmentation.privacy import hmac_key
+from segmentation.spark import is_connect
 from segmentation.stage import StageContext, StageResult, summary_field
-from segmentation.tables import EVENTS_BRONZE, EVENTS_SILVER
+from segmentation.tables import EVENTS_BRONZE, EVENTS_SILVER, PIPELINE_RUNS
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +108,17 @@ def run(ctx: StageContext) -> StreamResult:
     check_privacy_mode(ctx.store, cfg)
     checkpoint = str(ctx.paths.stream_checkpoint)
     tally = _Tally()
+    connect = is_connect(ctx.spark)
     ctx.describe("stream: new files")
     writer = (
         new_files(ctx)
         .writeStream.queryName(f"segment-stream-{ctx.run_id}")
         .option("checkpointLocation", checkpoint)
-        .foreachBatch(lambda frame, batch_id: _micro_batch(ctx, key, tally, frame, batch_id))
+        .foreachBatch(
+            _ServerMicroBatch(cfg, ctx.run_id, key, checkpoint)
+            if connect
+            else lambda frame, batch_id: _micro_batch(ctx, key, tally, frame, batch_id)
+        )
     )
     if cfg.stream.trigger == "available_now":
         writer = writer.trigger(availableNow=True)
@@ -121,19 +135,65 @@ def run(ctx: StageContext) -> StreamResult:
     tally.query_id = str(query.id)
     tally.started.set()
     stopped = _await(query, tally)
-    done = tally.batches
+    if connect:
+        totals = _recorded_batches(ctx, tally.query_id)
+    else:
+        done = tally.batches
+        totals = {
+            **{count: sum(getattr(b, count) for b in done) for count in _COUNTS},
+            "batches": len(done),
+            "files": sum(b.files for b in done),
+            "users_written": sum(b.assign.users_written for b in done if b.assign is not None),
+        }
     return StreamResult(
-        rows_in=sum(b.rows_in for b in done),
-        rows_out=sum(b.rows_out for b in done),
-        rows_quarantined=sum(b.rows_quarantined for b in done),
-        rows_duplicate=sum(b.rows_duplicate for b in done),
-        trigger=cfg.stream.trigger,
-        checkpoint=checkpoint,
-        batches=len(done),
-        files=sum(b.files for b in done),
-        users_written=sum(b.assign.users_written for b in done if b.assign is not None),
-        stopped_by_signal=stopped,
+        **totals, trigger=cfg.stream.trigger, checkpoint=checkpoint, stopped_by_signal=stopped
     )
+
+
+_COUNTS = ("rows_in", "rows_out", "rows_quarantined", "rows_duplicate")
+
+
+def _batch_run(query_id: str, batch_id: int) -> str:
+    """A micro-batch's run id: the same when a restarted query redoes it."""
+    return f"stream-{query_id[:8]}-{batch_id:06d}"
+
+
+def _recorded_batches(ctx: StageContext, query_id: str) -> dict[str, int]:
+    """The totals of this stream run's micro-batches, from their pipeline_runs rows (Spark Connect:
+    the micro-batches ran in the server's Python processes)."""
+    details = F.col("details")
+    rows = ctx.store.read(PIPELINE_RUNS).where(
+        (F.col("stage") == MICRO_BATCH)
+        & (F.col("status") == "success")
+        & F.col("run_id").startswith(_batch_run(query_id, 0)[: -len("000000")])
+        & (F.get_json_object(details, "$.stream_run") == ctx.run_id)
+    )
+    total = rows.agg(
+        *[F.coalesce(F.sum(count), F.lit(0)).alias(count) for count in _COUNTS],
+        F.count(F.lit(1)).alias("batches"),
+        F.coalesce(F.sum(F.get_json_object(details, "$.files").cast(LongType())), F.lit(0)).alias("files"),
+        F.coalesce(
+            F.sum(F.get_json_object(details, "$.assign.users_written").cast(LongType())), F.lit(0)
+        ).alias("users_written"),
+    ).head()
+    return {name: int(total[name]) for name in total.asDict()}
+
+
+@dataclass(frozen=True)
+class _ServerMicroBatch:
+    """The micro-batch function under Spark Connect, which pickles it to the server's Python: it
+    carries the config, never this process's session, and works on the batch frame's session."""
+
+    cfg: Config
+    stream_run: str
+    key: bytes | None
+    checkpoint: str
+
+    def __call__(self, frame: DataFrame, batch_id: int) -> None:
+        spark = frame.sparkSession
+        query_id = spark.read.json(self.checkpoint.rstrip("/") + "/metadata").head()["id"]
+        ctx = StageContext.create(spark, self.cfg, _batch_run(query_id, batch_id))
+        recorded(ctx, MICRO_BATCH, lambda c: micro_batch(c, self.key, frame, batch_id, self.stream_run))
 
 
 def new_files(ctx: StageContext) -> DataFrame:
@@ -199,8 +259,7 @@ def _micro_batch(
             tally.error = StopRequested(f"micro-batch {batch_id} not started: the stream is stopping")
             raise tally.error
         tally.in_flight += 1
-    run_id = f"stream-{tally.query_id[:8]}-{batch_id:06d}"
-    batch_ctx = dataclasses.replace(ctx, run_id=run_id)
+    batch_ctx = dataclasses.replace(ctx, run_id=_batch_run(tally.query_id, batch_id))
     try:
         result = recorded(batch_ctx, MICRO_BATCH, lambda c: micro_batch(c, key, frame, batch_id, ctx.run_id))
     except BaseException as exc:

@@ -217,7 +217,7 @@ def distributor_schedules_gpus(spark: SparkSession, training: TrainingConfig) ->
 def shipped_packages(spark: SparkSession) -> list[str]:
     """The file names of what spark-submit shipped with --py-files (the product's wheel on a cluster
     where it is not installed): on executors they lie in each task's working directory."""
-    files = spark.sparkContext.getConf().get("spark.submit.pyFiles", "") or ""
+    files = spark.conf.get("spark.submit.pyFiles", None) or ""  # a session's conf holds the context's
     return [os.path.basename(f) for f in files.split(",") if f]
 
 

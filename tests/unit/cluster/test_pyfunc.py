@@ -66,3 +66,23 @@ def test_the_model_gives_the_nearest_centres_stable_id_and_the_distance_to_its_c
     out = model.predict(None, users)
     assert out.segment_id.tolist() == [7, 3]
     assert out.distance.tolist() == pytest.approx([0.1, np.sqrt(0.01 + 1.0)], rel=1e-6)
+
+
+def test_the_bisecting_tree_read_from_the_saved_model_assigns_as_mllib_does(spark, tmp_path):
+    from pyspark.ml.clustering import BisectingKMeans
+    from pyspark.ml.linalg import Vectors
+
+    rng = np.random.default_rng(5)
+    points = np.concatenate([rng.normal(loc=m, size=(150, 4)) for m in (0.0, 1.0, 2.5, -2.0, 5.0, 6.0)])
+    frame = spark.createDataFrame([(i, Vectors.dense(p)) for i, p in enumerate(points)], ["i", "vector"])
+    model = BisectingKMeans(k=6, seed=2, featuresCol="vector", predictionCol="cluster").fit(frame)
+    model.write().save(str(tmp_path / "model"))
+
+    tree = pyfunc.bisecting_tree(tmp_path / "model")
+    assert sorted(n["index"] for n in tree if not n["children"]) == list(range(6))  # the leaves
+    mllib = [r.cluster for r in model.transform(frame).orderBy("i").select("cluster").collect()]
+    assert pyfunc.walk(points, tree).tolist() == mllib
+    # the walk is not the nearest leaf centre: for some points of overlapping groups they differ
+    leaves = np.asarray([n["centre"] for n in sorted(tree, key=lambda n: n["index"]) if not n["children"]])
+    nearest = ((points[:, None, :] - leaves[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+    assert (nearest != np.asarray(mllib)).any()

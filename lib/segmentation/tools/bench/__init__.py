@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 from segmentation.arrays import list_column_matrix
 from segmentation.config import Config
 from segmentation.spark import describe
+from segmentation.spark import master as spark_master
 from segmentation.tools.bench import peers
 from segmentation.tools.bench.peers import median
 
@@ -81,7 +82,7 @@ def machine(spark: SparkSession) -> dict:
         "memory_gib": round(pages / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "spark_master": spark.sparkContext.master,
+        "spark_master": spark_master(spark),
         "versions": versions,
     }
 
