@@ -9,8 +9,9 @@ serverless.
     python -m segmentation.standalone connect-up [--dir data/connect] [--cores 2]
     python -m segmentation.standalone connect-down [--dir data/connect]
 
-(`make cluster-up` / `make cluster-down`, `make connect-up` / `make connect-down`.) `up` waits until every worker has registered with the master
-and prints the master URL; its state (URL, process ids) is kept in `<dir>/cluster.json` for `down`.
+(`make cluster-up` / `make cluster-down`, `make connect-up` / `make connect-down`.) `up` waits until
+every worker has registered with the master and prints the master URL; its state (URL, process ids) is
+kept in `<dir>/cluster.json` for `down` (`connect-up`: until the server listens, `<dir>/connect.json`).
 Every daemon runs in its own process group, so `down` (or the owner's exit) stops workers together with
 the executors they started.
 """

@@ -10,7 +10,8 @@ and, where the tables live in a catalog (Unity Catalog), created in their schema
   rules give it (`segment_profiles.rule_sql`, cluster/rules.py): a plain CASE over the features, so
   a team with SQL alone can assign users; NULL where the rules point at no published segment.
 - `user_recommendations`: each current user's segment's recommended items (segment_recommendations,
-  recommend/), less the items the user already bought, with their rank in the segment's list.
+  recommend/, made for the model that put the user there), less the items the user already bought,
+  with their rank in the segment's list.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def definitions(
         selects[USER_RECOMMENDATIONS] = (
             f"SELECT c.user_id, c.segment_id, r.rank, r.key AS item_id, r.support, r.lift, r.model_version "
             f"FROM {table(SEGMENTS_CURRENT)} c JOIN {table(SEGMENT_RECOMMENDATIONS)} r "
-            f"ON r.segment_id = c.segment_id AND r.kind = 'item' "
+            # lists of another model (before `recommend` ran after a fit or a republish) are not offered
+            f"ON r.segment_id = c.segment_id AND r.model_version = c.model_version AND r.kind = 'item' "
             f"LEFT ANTI JOIN (SELECT DISTINCT user_id, CAST(item_id AS STRING) AS item_id "
             f"FROM {table(EVENTS_SILVER)} WHERE event_type IN ({types})) b "
             f"ON b.user_id = c.user_id AND b.item_id = r.key"

@@ -147,9 +147,10 @@ def current_segmenter(ctx: StageContext) -> Segmenter:
     if version is None:
         raise StageError(f"no fitted segmenter under {ctx.paths.segmenters}: run `segment cluster` first")
     champion = registration.champion_run(ctx.cfg)
-    if champion is not None and (champion != version or published_run(ctx.store, strict=False) != champion):
+    held = published_run(ctx.store, strict=False)  # None: tables of two runs
+    if champion is not None and (champion != version or held != champion):
         return promotion.republish(ctx, champion, SEGMENT_TABLES)
-    held = published_run(ctx.store)
+    held = held or published_run(ctx.store)  # raises, naming the runs the tables hold
     if held != version:
         raise StageError(
             f"the segment tables hold cluster run {held} but the published segmenter is {version}: "
