@@ -3,7 +3,8 @@ against a local Spark Connect server with Delta Lake (`segmentation.standalone.C
 separate JVM; this process holds no Connect session, since pyspark keeps one kind of session per
 process). The table layer's contract tests, and `segment sql`'s refusal of statements that write, run in
 a pytest process of their own whose session is a Connect client; k-means from one start reaches the classic MLlib refinement's centres and partition;
-the pipeline runs end to end through the CLI, then a stream of a second day, SQL and maintenance."""
+the pipeline runs end to end through the CLI (every stage, the sequence encoder's included), then a
+stream of a second day, assign, check-drift, SQL and maintenance."""
 
 import json
 import os
@@ -27,7 +28,13 @@ from tests.integration.segment_checks import day2_logs
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ("generate.users=1000", "clustering.k=[4, 5]", "training.epochs=4")
+SETTINGS = (
+    "generate.users=1000",
+    "clustering.k=[4, 5]",
+    "training.epochs=4",
+    "clustering.candidates=[embedding, raw, idec, sequence]",  # every stage runs
+    "sequence.epochs=2",
+)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +148,8 @@ def test_the_pipeline_streams_and_serves_sql_over_spark_connect(server, spark, t
     cfg = make_config(tmp_path, *SETTINGS)
     store = open_store(spark, cfg.storage)  # this process reads what the server wrote
     runs = {r.stage: r for r in store.read(PIPELINE_RUNS).where(F.col("run_id") == run_id).collect()}
-    assert {"ingest", "features", "train", "embed", "cluster", "recommend", "report"} <= set(runs)
+    assert {"ingest", "features", "train", "embed", "sequence", "cluster", "recommend", "report"} <= set(runs)
+    assert json.loads(runs["sequence"].details)["skipped"] is None
     assert {r.status for r in runs.values()} == {"success"}
     ingest = runs["ingest"]
     assert ingest.rows_in == ingest.rows_out + ingest.rows_quarantined + ingest.rows_duplicate
@@ -171,6 +179,11 @@ def test_the_pipeline_streams_and_serves_sql_over_spark_connect(server, spark, t
     assert [r.reason for r in repeated.collect()] == ["malformed_record"]
     after = store.read(USER_SEGMENTS).where(F.col("assigned_by") == "assign")
     assert {r.user_id for r in after.collect()} == set(returning) | {f"new-{u}" for u in sources}
+    again = summary(segment(server, "assign", *args))  # the same users, nothing new to write
+    assert (again["users_scored"], again["users_written"]) == (len(returning) + len(sources), 0)
+    drift = segment(server, "check-drift", *args)
+    assert drift.returncode == 0, drift.stderr[-2000:]
+    assert set(json.loads(drift.stdout.strip().splitlines()[-1])) == {"retrain", "why"}
 
     # SQL: queries run, statements that write are refused (the plan read back from EXPLAIN).
     query = "SELECT count(*) AS n FROM user_segments"
