@@ -30,7 +30,7 @@ from segmentation.cluster.metrics import with_distance
 from segmentation.cluster.refine import REPRESENTATION as IDEC
 from segmentation.cluster.refine import refined_embedding
 from segmentation.cluster.segmenter import ASSIGN, Segmenter
-from segmentation.cluster.stage import SEGMENT_TABLES, published_run
+from segmentation.cluster.stage import published_run
 from segmentation.config import FeaturesConfig
 from segmentation.embed.encoder import METHODS
 from segmentation.embed.stage import ARROW_BATCH, session_setting
@@ -149,7 +149,7 @@ def current_segmenter(ctx: StageContext) -> Segmenter:
     champion = registration.champion_run(ctx.cfg)
     held = published_run(ctx.store, strict=False)  # None: tables of two runs
     if champion is not None and (champion != version or held != champion):
-        return promotion.republish(ctx, champion, SEGMENT_TABLES)
+        return promotion.republish(ctx, champion)
     held = held or published_run(ctx.store)  # raises, naming the runs the tables hold
     if held != version:
         raise StageError(

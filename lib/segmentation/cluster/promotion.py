@@ -5,10 +5,11 @@ that run's segments back before anything is scored.
 Each fit records the versions of segment_profiles, segment_centroids and user_segments in which it
 published its segments (`Segmenter.record_tables`). Republishing reads those versions (Delta time
 travel) and writes them back as the tables' current versions, in the order a fit replaces them (each
-user's row as `assigned_at` now, when it becomes current again), then moves the CURRENT pointer to that run and brings user_segment_history up to date. `assign` then
-scores the users with events after that fit's snapshot with its segmenter, so the tables hold what
-they would hold had that run stayed current. Republishing again is harmless (the same rows are
-written); a republish cut short leaves tables of two runs, which the next `assign` republishes whole.
+user's row as `assigned_at` now, when it becomes current again), then moves the CURRENT pointer to
+that run and brings user_segment_history up to date. `assign` then scores the users with events
+after that fit's snapshot with its segmenter, so the tables hold what they would hold had that run
+stayed current. Republishing again is harmless (the same rows are written); a republish cut short
+leaves tables of two runs, which the next `assign` republishes whole.
 Time travel needs the recorded versions' files: after VACUUM has removed them (`maintain`, past its
 retention) the run cannot be republished and the error says to fit again.
 """
@@ -24,6 +25,7 @@ from segmentation import views
 from segmentation.artifacts import publish
 from segmentation.cluster import history
 from segmentation.cluster.segmenter import Segmenter
+from segmentation.cluster.stage import SEGMENT_TABLES
 from segmentation.errors import StageError
 from segmentation.stage import StageContext
 from segmentation.tables import USER_SEGMENTS
@@ -31,9 +33,10 @@ from segmentation.tables import USER_SEGMENTS
 log = logging.getLogger(__name__)
 
 
-def republish(ctx: StageContext, run_id: str, tables: tuple[str, ...]) -> Segmenter:
-    """Make cluster run `run_id`'s segments current again: `tables` (the segment tables, in the order
-    a fit replaces them) as that run's fit wrote them, then the CURRENT segmenter pointer."""
+def republish(ctx: StageContext, run_id: str) -> Segmenter:
+    """Make cluster run `run_id`'s segments current again: the segment tables as that run's fit wrote
+    them, then the CURRENT segmenter pointer."""
+    tables = SEGMENT_TABLES
     segmenter = Segmenter.load(ctx.paths, run_id)
     versions = segmenter.published_tables(ctx.paths)
     if versions is None or set(tables) - set(versions):

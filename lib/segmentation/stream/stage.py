@@ -153,9 +153,14 @@ def run(ctx: StageContext) -> StreamResult:
 _COUNTS = ("rows_in", "rows_out", "rows_quarantined", "rows_duplicate")
 
 
+def _batch_runs(query_id: str) -> str:
+    """What the run ids of a query's micro-batches begin with."""
+    return f"stream-{query_id[:8]}-"
+
+
 def _batch_run(query_id: str, batch_id: int) -> str:
     """A micro-batch's run id: the same when a restarted query redoes it."""
-    return f"stream-{query_id[:8]}-{batch_id:06d}"
+    return f"{_batch_runs(query_id)}{batch_id:06d}"
 
 
 def _recorded_batches(ctx: StageContext, query_id: str) -> dict[str, int]:
@@ -165,7 +170,7 @@ def _recorded_batches(ctx: StageContext, query_id: str) -> dict[str, int]:
     rows = ctx.store.read(PIPELINE_RUNS).where(
         (F.col("stage") == MICRO_BATCH)
         & (F.col("status") == "success")
-        & F.col("run_id").startswith(_batch_run(query_id, 0)[: -len("000000")])
+        & F.col("run_id").startswith(_batch_runs(query_id))
         & (F.get_json_object(details, "$.stream_run") == ctx.run_id)
     )
     total = rows.agg(
