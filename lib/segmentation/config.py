@@ -408,10 +408,10 @@ class ClusteringConfig:
     # A new fit's segment keeps the id (and label) of the previous segment it matches by members when
     # their Jaccard similarity reaches this (cluster/identity.py); otherwise it gets a new id.
     match_min_jaccard: float = 0.5
-    parallelism: int = 4
-    truth_path: str | None = (
-        None  # candidates fitted and scored concurrently (Spark jobs from driver threads)
-    )
+    parallelism: int = 4  # candidates fitted and scored concurrently (Spark jobs from driver threads)
+    # Planted segments (JSON lines: user_id, segment) to score every partition against (ari_truth);
+    # for generated and lab worlds only.
+    truth_path: str | None = None
 
     def validate(self) -> None:
         _require(len(self.k) > 0, "clustering.k", "must list at least one k")

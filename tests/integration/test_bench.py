@@ -93,7 +93,18 @@ def test_quality_lab_smoke(tmp_path, capsys):
     assert main(args) == 0
     (world,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert world["world"]["seed"] == 1000 and world["users_sampled"] == 600
-    from segmentation.tools.bench.quality import ALL_FOUR, IDEC_ALONE, PRODUCT, SEQUENCE_ALONE, methods
+    from segmentation.tools.bench.quality import (
+        ALL_FOUR,
+        BEST_CANDIDATE,
+        IDEC_ALONE,
+        PRODUCT,
+        SEQUENCE_ALONE,
+        methods,
+    )
+
+    # what a classifier trained on the truth tells apart: one recall per planted segment in the sample
+    assert 0 < len(world["segment_recall"]) <= world["world"]["k"]
+    assert world["identifiable_k"] == max(1, sum(r >= 0.5 for r in world["segment_recall"]))
 
     density = {"hdbscan/raw", "hdbscan/embedding"}
     ends = {PRODUCT, ALL_FOUR, IDEC_ALONE, SEQUENCE_ALONE}  # the cluster stage's own fits
@@ -108,6 +119,7 @@ def test_quality_lab_smoke(tmp_path, capsys):
     assert world["choices"][SEQUENCE_ALONE]["representation"] == "sequence"
     page = out.with_suffix(".md").read_text()
     assert "**1 worlds**, seeds 1000..1000" in page and f"| {PRODUCT} | 1 |" in page
+    assert f"| {BEST_CANDIDATE} | 1 |" in page and "k exact against the identifiable k" in page
     assert out.with_suffix(".png").stat().st_size > 0
     assert main(args) == 0  # measured worlds are skipped
     assert len(out.read_text().splitlines()) == 1
