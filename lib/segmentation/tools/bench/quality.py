@@ -52,8 +52,8 @@ ALL_FOUR = "all four representations, end to end"  # embedding, raw, idec and se
 FOUR = ["embedding", "raw", "idec", "sequence"]
 IDEC_ALONE = "idec at the embedding's k (kmeans)"  # the refined embedding's own k-means partition
 SEQUENCE_ALONE = "sequence encoder, clusterboot k (kmeans)"
-# Two rows that know the planted segments: what no method can beat on the k-means candidates, and
-# what knowing the planted k would give; they bound the goals, they are not methods.
+# Rows that know the planted segments: what no method can beat on the k-means candidates, and what
+# knowing the planted (or the identifiable) k would give; they bound the goals, they are not methods.
 BEST_CANDIDATE = "reference: best-ARI k-means candidate (knows the truth)"
 PLANTED_K = "reference: planted k given, better representation (knows the truth)"
 IDENTIFIABLE_K = "reference: identifiable k given, better representation (knows the truth)"
@@ -496,8 +496,9 @@ def goals(summary: dict) -> str:
                 "",
                 "**Identifiable k**: the planted segments that a linear classifier trained on the truth "
                 f"(logistic regression on the scaled raw features, 5-fold cross-validated) gets at "
-                f"least {IDENTIFIABLE_RECALL:.0%} of the members of back; if a classifier that knows the truth "
-                "cannot draw the others, a partition with linear boundaries (k-means') can hardly find them. The best-ARI "
+                f"least {IDENTIFIABLE_RECALL:.0%} of the members of back; if a classifier that knows the "
+                "truth cannot draw the others, a partition with linear boundaries (k-means') can hardly "
+                "find them. The best-ARI "
                 f"candidate has the identifiable k in {best['k_exact_identifiable']:.0%} of worlds "
                 f"(±1: {best['k_within_1_identifiable']:.0%}).",
             ]
