@@ -110,11 +110,17 @@ def world_config(cfg: Config, world: worlds.World, root: Path, raw: Path, truth:
     )
 
 
-def measure_world(spark: SparkSession, cfg: Config, world: worlds.World, root: Path, ks: list[int]) -> dict:
-    """The product's stages on one world, then every method's choice and its quality."""
+def fresh_world(cfg: Config, world: worlds.World, root: Path) -> tuple[Config, Path]:
+    """The world's logs and truth written under an emptied `root`: the config that runs the product on
+    them, and the truth's directory."""
     shutil.rmtree(root, ignore_errors=True)
     raw, truth_dir = worlds.write(world, root)
-    wcfg = world_config(cfg, world, root, raw, truth_dir)
+    return world_config(cfg, world, root, raw, truth_dir), truth_dir
+
+
+def measure_world(spark: SparkSession, cfg: Config, world: worlds.World, root: Path, ks: list[int]) -> dict:
+    """The product's stages on one world, then every method's choice and its quality."""
+    wcfg, truth_dir = fresh_world(cfg, world, root)
     four = replace(wcfg, clustering=replace(wcfg.clustering, candidates=FOUR))
     ctx = StageContext.create(spark, four)  # the sequence stage builds only for a sequence candidate
     seconds = {}
@@ -287,9 +293,7 @@ def backfill_identifiability(
         world = worlds.draw_world(seed, result["world"]["users"])
         log.info("quality: identifiability of world %d/%d (seed %d)", i + 1, len(missing), seed)
         root = work / f"world_{seed}"
-        shutil.rmtree(root, ignore_errors=True)
-        raw, truth_dir = worlds.write(world, root)
-        wcfg = world_config(cfg, world, root, raw, truth_dir)
+        wcfg, truth_dir = fresh_world(cfg, world, root)
         ctx = StageContext.create(spark, wcfg)
         for name in ("ingest", "features"):
             run_in_context(ctx, name)
