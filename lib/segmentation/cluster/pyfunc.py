@@ -36,22 +36,25 @@ def supported(algorithm: str, representation: str) -> bool:
 
 def scale(frame: pd.DataFrame, scaling: dict) -> np.ndarray:
     """The scaled float32 matrix of features/scaling.py's `Scaler.transform` (log1p of the non-negative
-    part where chosen, standardized, clipped), from the raw feature columns of `frame`. The same
-    arithmetic as that Spark column, here in numpy; tests/integration/test_segmenter_model.py checks
-    they agree."""
+    part where chosen, standardized, clipped, net of volume where the snapshot chose it), from the raw
+    feature columns of `frame`. The same arithmetic as that Spark column, here in numpy;
+    tests/integration/test_segmenter_model.py and tests/unit/cluster/test_pyfunc.py check they agree."""
     missing = [name for name in scaling["feature_names"] if name not in frame.columns]
     if missing:
         raise ValueError(f"the input lacks feature columns: {', '.join(missing[:5])}")
-    columns = []
+    scaled = {}
     for name, use_log, mean, std in zip(
         scaling["feature_names"], scaling["log1p"], scaling["mean"], scaling["std"], strict=True
     ):
         x = frame[name].to_numpy(dtype=np.float64)
         if use_log:
             x = np.log1p(np.maximum(x, 0.0))
-        z = (x - mean) / std
-        columns.append(np.clip(z, -scaling["clip_std"], scaling["clip_std"]).astype(np.float32))
-    return np.stack(columns, axis=1)
+        scaled[name] = np.clip((x - mean) / std, -scaling["clip_std"], scaling["clip_std"])
+    netted = scaling.get("partial_out", {})  # absent from snapshots written before the option
+    columns = [
+        z - netted[name] * scaled[scaling["volume"]] if name in netted else z for name, z in scaled.items()
+    ]
+    return np.stack([c.astype(np.float32) for c in columns], axis=1)
 
 
 def bisecting_tree(model_directory: Path) -> list[dict]:

@@ -1,7 +1,15 @@
-"""Feature scaling: log1p for heavy tails, standardization, clipping; statistics saved as JSON.
+"""Feature scaling: log1p for heavy tails, standardization, clipping, optionally the activity features
+net of volume; statistics saved as JSON.
 
 The statistics are computed once per snapshot (one aggregation, a single small row to the driver)
 and stored beside the table version, so the model and the assign stage scale new users identically.
+
+Net of volume (`features.partial_out_volume`): the activity features (active days, sessions, tenure,
+gaps, ...) all grow with the number of events, so a heavy-tailed event count enters every distance
+once per activity feature. Partialled out, each of them enters as its scaled value minus its
+correlation with scaled `n_events` times scaled `n_events` (the least-squares residual of two
+standardized variables), and `n_events` itself stays: volume counts once, and what the activity
+features say beyond volume (a burst of sessions against steady visits at the same count) is kept.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
 
+VOLUME = "n_events"  # what features.partial_out_volume takes out of the other activity features
+
 
 @dataclass(frozen=True)
 class Scaler:
@@ -33,15 +43,24 @@ class Scaler:
     # the rules that chose the snapshot's users and events (features.lookback_days, min_events,
     # timezone): `assign` applies these, not whatever the config says later
     rules: dict = field(default_factory=dict)
+    # feature -> its correlation with `volume`: these enter net of volume (features.partial_out_volume)
+    partial_out: dict = field(default_factory=dict)
+    volume: str = VOLUME
 
     def transform(self) -> Column:
         """The scaled `array<float>` column, from the raw feature columns."""
-        parts = []
+        scaled = {}
         for name, use_log, mean, std in zip(self.feature_names, self.log1p, self.mean, self.std, strict=True):
             x = F.log1p(F.greatest(F.col(name), F.lit(0.0))) if use_log else F.col(name)
             z = (x - F.lit(mean)) / F.lit(std)
-            parts.append(F.least(F.greatest(z, F.lit(-self.clip_std)), F.lit(self.clip_std)).cast("float"))
-        return F.array(*parts)
+            scaled[name] = F.least(F.greatest(z, F.lit(-self.clip_std)), F.lit(self.clip_std))
+        parts = [
+            scaled[name] - F.lit(self.partial_out[name]) * scaled[self.volume]
+            if name in self.partial_out
+            else z
+            for name, z in scaled.items()
+        ]
+        return F.array(*[p.cast("float") for p in parts])
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(asdict(self), indent=2))
@@ -60,12 +79,20 @@ def fit_scaler(
     clip_std: float,
     run_id: str,
     vocabulary: dict | None = None,
+    partial_out: list[str] | None = None,
 ) -> Scaler:
-    """Mean and (population) standard deviation of each transformed feature; constants are dropped."""
+    """Mean and (population) standard deviation of each transformed feature; constants are dropped.
+    Each feature of `partial_out` (when VOLUME is among `names`) also gets its correlation with VOLUME,
+    both transformed, and enters `transform` net of volume."""
     exprs = []
+    transformed = {}
     for name, use_log in zip(names, log1p, strict=True):
         x = F.log1p(F.greatest(F.col(name), F.lit(0.0))) if use_log else F.col(name)
+        transformed[name] = x
         exprs += [F.avg(x).alias(f"m_{name}"), F.stddev_pop(x).alias(f"s_{name}")]
+    netted = [name for name in partial_out or [] if name in transformed and name != VOLUME]
+    if VOLUME in transformed:
+        exprs += [F.corr(transformed[name], transformed[VOLUME]).alias(f"r_{name}") for name in netted]
     stats = users.agg(*exprs).head()
     if stats is None or stats[f"m_{names[0]}"] is None:
         raise StageError("no users to compute feature statistics from")
@@ -83,4 +110,22 @@ def fit_scaler(
         log.info("features: dropped constant features %s", dropped)
     if not kept:
         raise StageError("every feature is constant over the users: nothing to segment on")
-    return Scaler(kept, kept_log, means, stds, clip_std, dropped, run_id, vocabulary or {})
+    # a constant volume or feature has no correlation to take out (and Spark's corr is null there)
+    correlations = (
+        {
+            name: float(stats[f"r_{name}"])
+            for name in netted
+            if name in kept and stats[f"r_{name}"] is not None
+        }
+        if VOLUME in kept
+        else {}
+    )
+    if correlations:
+        log.info(
+            "features: net of volume (%s): %s",
+            VOLUME,
+            ", ".join(f"{name} (r={r:.2f})" for name, r in correlations.items()),
+        )
+    return Scaler(
+        kept, kept_log, means, stds, clip_std, dropped, run_id, vocabulary or {}, partial_out=correlations
+    )

@@ -55,8 +55,11 @@ def run(ctx: StageContext) -> FeaturesResult:
         names = [s.name for s in specs]
         phase("per-user aggregation and scaling statistics")
         users = eligible_users(events, vocab, as_of, cfg).cache()
+        netted = [s.name for s in specs if s.family == "activity"] if cfg.partial_out_volume else []
         scaler = replace(
-            fit_scaler(users, names, [s.log1p for s in specs], cfg.clip_std, ctx.run_id, asdict(vocab)),
+            fit_scaler(
+                users, names, [s.log1p for s in specs], cfg.clip_std, ctx.run_id, asdict(vocab), netted
+            ),
             rules={name: getattr(cfg, name) for name in SNAPSHOT_RULES},
         )
         phase("write user_features")

@@ -1,6 +1,7 @@
 """The pyfunc segmenter's parts: its numpy scaling is the Spark column's arithmetic, and a saved model
 assigns the nearest centre's stable segment id with the distance to that segment's centroid."""
 
+import dataclasses
 from dataclasses import asdict
 from types import SimpleNamespace
 
@@ -22,7 +23,9 @@ SCALER = Scaler(
 )
 
 
-def test_numpy_scaling_is_the_spark_columns_arithmetic(spark):
+@pytest.mark.parametrize("netted", [{}, {"purchase_total": 0.6}], ids=["plain", "net-of-volume"])
+def test_numpy_scaling_is_the_spark_columns_arithmetic(spark, netted):
+    scaler = dataclasses.replace(SCALER, partial_out=netted)
     rng = np.random.default_rng(3)
     frame = pd.DataFrame(
         {
@@ -36,15 +39,16 @@ def test_numpy_scaling_is_the_spark_columns_arithmetic(spark):
         [
             r.features
             for r in spark.createDataFrame(frame)
-            .select("user_id", SCALER.transform().alias("features"))
+            .select("user_id", scaler.transform().alias("features"))
             .orderBy("user_id")
             .collect()
         ],
         dtype=np.float32,
     )
-    mine = pyfunc.scale(frame.sort_values("user_id"), asdict(SCALER))
+    mine = pyfunc.scale(frame.sort_values("user_id"), asdict(scaler))
     assert mine.dtype == np.float32 and np.array_equal(mine, spark_scaled)
-    assert mine.min() == -3.0 and mine.max() == 3.0
+    # the clip bounds each scaled value; a netted one is two clipped values combined
+    assert mine[:, :2].min() == -3.0 and mine[:, :2].max() == 3.0
 
 
 def test_a_missing_feature_column_is_named():

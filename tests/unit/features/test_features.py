@@ -4,10 +4,12 @@ import dataclasses
 import datetime as dt
 import math
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
 from segmentation.features import stage as features
+from segmentation.features.aggregates import feature_specs
 from segmentation.features.dictionary import render
 from segmentation.features.scaling import Scaler
 from segmentation.stage import StageContext
@@ -197,6 +199,51 @@ def test_scaling_statistics_round_trip_and_are_reused(spark, cfg, store):
         assert r.features == pytest.approx(r.recomputed)
     means = [sum(vals) / len(again) for vals in zip(*[r.features for r in again], strict=True)]
     assert means == pytest.approx([0.0] * len(means), abs=1e-6)  # standardized on this snapshot
+
+
+def test_net_of_volume_the_activity_features_are_uncorrelated_with_the_event_count(spark, cfg, store):
+    """features.partial_out_volume: n_events counts once; every other activity feature enters the array
+    as its residual on n_events, while the table's plain columns and the other families stay as they were."""
+    rng = np.random.default_rng(5)
+    events = []
+    for u in range(40):
+        days = int(rng.integers(1, 6))  # activity that grows with the count, but not only with it
+        for i in range(int(rng.integers(1, 30))):
+            day = 1 + i % days
+            events.append(
+                dict(
+                    user_id=f"u{u}",
+                    event_time=at(day, 8 + i % 12, i % 60),
+                    event_type=("view", "cart", "purchase")[i % 3],
+                    category="books",
+                    device="mobile",
+                    value=5.0 if i % 3 == 2 else None,
+                    session_id=f"s{u}-{day}",
+                )
+            )
+    write_silver(spark, store, events)
+    features.run(StageContext.create(spark, cfg, "plain"))
+    plain = {r.user_id: r.asDict() for r in store.read(USER_FEATURES).collect()}
+    cfg.features.partial_out_volume = True
+    features.run(StageContext.create(spark, cfg, "netted"))
+    netted = {r.user_id: r.asDict() for r in store.read(USER_FEATURES).collect()}
+    scaler = Scaler.load(cfg.paths.scaling("netted"))
+    activity = [s.name for s in feature_specs() if s.family == "activity" and s.name in scaler.feature_names]
+    assert set(scaler.partial_out) == set(activity) - {"n_events"} and scaler.volume == "n_events"
+    assert Scaler.load(cfg.paths.scaling("plain")).partial_out == {}
+    users = sorted(plain)
+    columns = {name: i for i, name in enumerate(scaler.feature_names)}
+    matrix = lambda rows: np.array([rows[u]["features"] for u in users])  # noqa: E731
+    before, after = matrix(plain), matrix(netted)
+    volume = after[:, columns["n_events"]]
+    for name, i in columns.items():
+        assert all(plain[u][name] == netted[u][name] for u in users)  # the table's columns are plain values
+        if name in scaler.partial_out:
+            assert abs(np.corrcoef(before[:, i], volume)[0, 1]) > 0.1  # there was volume to take out
+            assert abs(np.corrcoef(after[:, i], volume)[0, 1]) < 1e-3
+            assert after[:, i] == pytest.approx(before[:, i] - scaler.partial_out[name] * volume, abs=1e-5)
+        else:
+            assert after[:, i] == pytest.approx(before[:, i], abs=1e-6)
 
 
 def test_lookback_and_min_events_exclude_users(spark, cfg, store):
