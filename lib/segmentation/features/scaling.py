@@ -8,7 +8,8 @@ Net of volume (`features.partial_out_volume`): the activity features (active day
 gaps, ...) all grow with the number of events, so a heavy-tailed event count enters every distance
 once per activity feature. Partialled out, each of them enters as its scaled value minus its
 correlation with scaled `n_events` times scaled `n_events` (the least-squares residual of two
-standardized variables), and `n_events` itself stays: volume counts once, and what the activity
+standardized variables; the correlation is taken before the clip, which binds rarely), and `n_events`
+itself stays: volume counts once, and what the activity
 features say beyond volume (a burst of sessions against steady visits at the same count) is kept.
 """
 
@@ -55,9 +56,7 @@ class Scaler:
             z = (x - F.lit(mean)) / F.lit(std)
             scaled[name] = F.least(F.greatest(z, F.lit(-self.clip_std)), F.lit(self.clip_std))
         parts = [
-            scaled[name] - F.lit(self.partial_out[name]) * scaled[self.volume]
-            if name in self.partial_out
-            else z
+            z - F.lit(self.partial_out[name]) * scaled[self.volume] if name in self.partial_out else z
             for name, z in scaled.items()
         ]
         return F.array(*[p.cast("float") for p in parts])
