@@ -9,8 +9,8 @@ gaps, ...) all grow with the number of events, so a heavy-tailed event count ent
 once per activity feature. Partialled out, each of them enters as its scaled value minus its
 correlation with scaled `n_events` times scaled `n_events` (the least-squares residual of two
 standardized variables; the correlation is taken before the clip, which binds rarely), and `n_events`
-itself stays: volume counts once, and what the activity
-features say beyond volume (a burst of sessions against steady visits at the same count) is kept.
+itself stays: volume counts once, and what the activity features say beyond volume (a burst of
+sessions against steady visits at the same count) is kept.
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ class Scaler:
         """The scaled `array<float>` column, from the raw feature columns."""
         scaled = {}
         for name, use_log, mean, std in zip(self.feature_names, self.log1p, self.mean, self.std, strict=True):
-            x = F.log1p(F.greatest(F.col(name), F.lit(0.0))) if use_log else F.col(name)
-            z = (x - F.lit(mean)) / F.lit(std)
+            z = (_transformed(name, use_log) - F.lit(mean)) / F.lit(std)
             scaled[name] = F.least(F.greatest(z, F.lit(-self.clip_std)), F.lit(self.clip_std))
         parts = [
             z - F.lit(self.partial_out[name]) * scaled[self.volume] if name in self.partial_out else z
@@ -71,6 +70,11 @@ class Scaler:
         return Scaler(**json.loads(path.read_text()))
 
 
+def _transformed(name: str, use_log: bool) -> Column:
+    """A raw feature column before standardization: log1p of its non-negative part where chosen."""
+    return F.log1p(F.greatest(F.col(name), F.lit(0.0))) if use_log else F.col(name)
+
+
 def fit_scaler(
     users: DataFrame,
     names: list[str],
@@ -84,10 +88,8 @@ def fit_scaler(
     Each feature of `partial_out` (when VOLUME is among `names`) also gets its correlation with VOLUME,
     both transformed, and enters `transform` net of volume."""
     exprs = []
-    transformed = {}
-    for name, use_log in zip(names, log1p, strict=True):
-        x = F.log1p(F.greatest(F.col(name), F.lit(0.0))) if use_log else F.col(name)
-        transformed[name] = x
+    transformed = {name: _transformed(name, use_log) for name, use_log in zip(names, log1p, strict=True)}
+    for name, x in transformed.items():
         exprs += [F.avg(x).alias(f"m_{name}"), F.stddev_pop(x).alias(f"s_{name}")]
     netted = [name for name in partial_out or [] if name in transformed and name != VOLUME]
     if VOLUME in transformed:
