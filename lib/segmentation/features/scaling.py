@@ -93,7 +93,9 @@ def fit_scaler(
         exprs += [F.avg(x).alias(f"m_{name}"), F.stddev_pop(x).alias(f"s_{name}")]
     netted = [name for name in partial_out or [] if name in transformed and name != VOLUME]
     if VOLUME in transformed:
-        exprs += [F.corr(transformed[name], transformed[VOLUME]).alias(f"r_{name}") for name in netted]
+        # covariances, divided by the standard deviations below: Spark's corr raises DIVIDE_BY_ZERO under
+        # ANSI mode (Spark 4's default) where a feature or the volume is constant over the users
+        exprs += [F.covar_pop(transformed[name], transformed[VOLUME]).alias(f"c_{name}") for name in netted]
     stats = users.agg(*exprs).head()
     if stats is None or stats[f"m_{names[0]}"] is None:
         raise StageError("no users to compute feature statistics from")
@@ -111,14 +113,15 @@ def fit_scaler(
         log.info("features: dropped constant features %s", dropped)
     if not kept:
         raise StageError("every feature is constant over the users: nothing to segment on")
-    # a constant volume or feature has no correlation to take out (and Spark's corr is null there)
+    # a constant volume or feature is dropped above: it has no correlation to take out
+    deviation = dict(zip(kept, stds, strict=True))
     correlations = (
         {
-            name: float(stats[f"r_{name}"])
+            name: float(stats[f"c_{name}"]) / (deviation[name] * deviation[VOLUME])
             for name in netted
-            if name in kept and stats[f"r_{name}"] is not None
+            if name in deviation and stats[f"c_{name}"] is not None
         }
-        if VOLUME in kept
+        if VOLUME in deviation
         else {}
     )
     if correlations:

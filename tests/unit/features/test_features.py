@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from segmentation.features import stage as features
 from segmentation.features.aggregates import feature_specs
 from segmentation.features.dictionary import render
-from segmentation.features.scaling import Scaler
+from segmentation.features.scaling import Scaler, fit_scaler
 from segmentation.stage import StageContext
 from segmentation.storage import open_store
 from segmentation.tables import EVENTS_SILVER, SILVER_COLUMNS, USER_FEATURES
@@ -244,6 +244,31 @@ def test_net_of_volume_the_activity_features_are_uncorrelated_with_the_event_cou
             assert after[:, i] == pytest.approx(before[:, i] - scaler.partial_out[name] * volume, abs=1e-5)
         else:
             assert after[:, i] == pytest.approx(before[:, i], abs=1e-6)
+
+
+def test_net_of_volume_with_a_constant_feature_or_volume(spark):
+    """A constant activity feature is dropped and a constant volume nets nothing, without the division
+    by zero that Spark's corr raises there under ANSI mode."""
+    users = spark.createDataFrame(
+        [(float(n), 3.0, float(n % 3)) for n in range(1, 9)],
+        "n_events double, active_days double, n_sessions double",
+    )
+    netted = ["active_days", "n_sessions"]
+    scaler = fit_scaler(
+        users, ["n_events", "active_days", "n_sessions"], [True] * 3, 4.0, "r", partial_out=netted
+    )
+    assert scaler.dropped_constant == ["active_days"] and set(scaler.partial_out) == {"n_sessions"}
+    expected = np.corrcoef(np.log1p(np.arange(1, 9)), np.log1p(np.arange(1, 9) % 3))[0, 1]
+    assert scaler.partial_out["n_sessions"] == pytest.approx(expected, abs=1e-9)
+    still = fit_scaler(
+        users.withColumn("n_events", F.lit(2.0)),
+        ["n_events", "n_sessions"],
+        [True, True],
+        4.0,
+        "r",
+        partial_out=["n_sessions"],
+    )
+    assert still.dropped_constant == ["n_events"] and still.partial_out == {}
 
 
 def test_lookback_and_min_events_exclude_users(spark, cfg, store):
