@@ -217,9 +217,9 @@ class FeaturesConfig:
     # The activity features other than n_events enter the `features` array net of volume (their part
     # correlated with n_events taken out; features/scaling.py), so a heavy-tailed event count weighs
     # once in every distance, not once per activity feature. The `user_features` columns, profiles and
-    # rules keep the plain values. Off by default until the quality lab has measured it end to end
-    # (docs/quality.md; #18's notes hold the offline replay on the tuning worlds).
-    partial_out_volume: bool = False
+    # rules keep the plain values. On by default: the quality lab measured it end to end on the tuning
+    # worlds and then on the held-out worlds (README, "What bounds these figures"; docs/quality.md).
+    partial_out_volume: bool = True
 
     def validate(self) -> None:
         _require(self.min_events >= 1, "features.min_events", "must be at least 1")

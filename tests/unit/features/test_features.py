@@ -222,6 +222,7 @@ def test_net_of_volume_the_activity_features_are_uncorrelated_with_the_event_cou
                 )
             )
     write_silver(spark, store, events)
+    cfg.features.partial_out_volume = False
     features.run(StageContext.create(spark, cfg, "plain"))
     plain = {r.user_id: r.asDict() for r in store.read(USER_FEATURES).collect()}
     cfg.features.partial_out_volume = True
