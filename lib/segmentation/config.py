@@ -217,8 +217,8 @@ class FeaturesConfig:
     # The activity features other than n_events enter the `features` array net of volume (their part
     # correlated with n_events taken out; features/scaling.py), so a heavy-tailed event count weighs
     # once in every distance, not once per activity feature. The `user_features` columns, profiles and
-    # rules keep the plain values. On by default: the quality lab measured it end to end on the tuning
-    # worlds and then on the held-out worlds (README, "What bounds these figures"; docs/quality.md).
+    # rules keep the plain values. On by default by the quality lab's evidence, end to end on the tuning
+    # worlds and then the held-out worlds (README, "Activity net of volume"; docs/quality.md).
     partial_out_volume: bool = True
 
     def validate(self) -> None:
