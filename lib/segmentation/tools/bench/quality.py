@@ -597,8 +597,9 @@ def markdown(summary: dict, results: list[dict], out: Path) -> str:
         + (
             "These are the tuning seeds: defaults were chosen on them, so these figures flatter the product. "
             if tuning
-            else "None of these seeds was used to choose a default (the tuning seeds are "
-            f"{', '.join(map(str, TUNING_SEEDS))}). "
+            else "None of these seeds was used to tune a default (the tuning seeds are "
+            f"{', '.join(map(str, TUNING_SEEDS))}); a default tuned there is switched on only by "
+            "conditions on these figures written down before they are read (README). "
         )
         + "Each world runs through the product's own ingest, "
         "features, autoencoder training, embedding and sequence encoder; then every method below chooses a "
