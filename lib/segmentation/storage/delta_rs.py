@@ -187,16 +187,16 @@ class DeltaRsStore(TableStore):
         return True
 
     def _merge(self, df: DataFrame, name: str, keys: list[str]) -> None:
-        parts = self.partition_columns(name)
         existing = self.read(name)
-        if len(parts) == 1 and parts[0] in keys:
+        touched = self._merged_partitions(df, name, keys)
+        if touched is not None:
             # Only the partitions the new rows fall in change: rewrite just those.
-            column = parts[0]
-            values = [r[0] for r in df.select(column).distinct().collect()]  # partitions, not rows
-            kept = existing.where(F.col(column).isin(values)).join(df.select(*keys), keys, "left_anti")
+            column, values = touched
+            kept = _unmatched(existing.where(F.col(column).isin(values)), df, keys)
             self.replace_where(kept.unionByName(df), name, column, values)
             return
-        kept = existing.join(df.select(*keys), keys, "left_anti")
+        kept = _unmatched(existing, df, keys)
+        parts = self.partition_columns(name)
         self._write(kept.unionByName(df), name, mode="overwrite", partition_by=parts, keep_table=True)
 
     def _write(
@@ -471,3 +471,11 @@ def _epoch_micros(value: dt.datetime) -> int:
 def _iso_ms(epoch_ms: int) -> str:
     moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=epoch_ms)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _unmatched(existing: DataFrame, df: DataFrame, keys: list[str]) -> DataFrame:
+    """`existing`'s rows that no row of `df` matches on `keys`, a null matching a null (as delta-spark's
+    MERGE condition `<=>` does): the rows a merge of `df` keeps."""
+    incoming = df.select(*(F.col(k).alias(f"_incoming_{k}") for k in keys))
+    matches = [existing[k].eqNullSafe(incoming[f"_incoming_{k}"]) for k in keys]
+    return existing.join(incoming, matches, "left_anti")

@@ -358,6 +358,12 @@ class DeltaSparkStore(TableStore):
 
     def _merge(self, df: DataFrame, name: str, keys: list[str]) -> None:
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+        touched = self._merged_partitions(df, name, keys)
+        if touched is not None:
+            # A literal predicate on the target is what Delta prunes files by (and checks conflicts
+            # against); the join condition alone reads every partition.
+            column, values = touched
+            condition += f" AND t.`{column}` IN ({', '.join(sql_literal(v) for v in values)})"
         source = f"_merge_source_{uuid.uuid4().hex}"  # a session temp view: SQL's way to name a frame
         df.createOrReplaceTempView(source)
         statement = (
