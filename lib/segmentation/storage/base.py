@@ -22,15 +22,15 @@ log = logging.getLogger(__name__)
 Txn = tuple[str, int]
 """An idempotent-write token (app id, version): a write whose token the table has seen is skipped."""
 
-# The interop profile of every product table, set explicitly when a table is created (both engines)
-# rather than left to an engine's or a platform's defaults: tables stay readable by delta-rs, Polars,
-# DuckDB and plain parquet readers.
 # A merge into a table partitioned by one of its keys names the partitions its rows fall in, so that it
 # reads and conflicts with only those: pipeline_runs gains a partition per run and per stream
 # micro-batch, and an upsert that scanned them all took 3.3-4.4 s a stage record at 3000 runs here,
 # 1.3 s named. Past this many the literal list costs more than it saves.
 MERGE_PARTITIONS_NAMED = 1000
 
+# The interop profile of every product table, set explicitly when a table is created (both engines)
+# rather than left to an engine's or a platform's defaults: tables stay readable by delta-rs, Polars,
+# DuckDB and plain parquet readers.
 TABLE_PROPERTIES = {
     # A deletion vector hides rows of a file without rewriting it; readers that ignore them (or read
     # files directly, as the training feeders do) would see deleted rows.

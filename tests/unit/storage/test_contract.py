@@ -158,6 +158,14 @@ def test_merge_on_an_unpartitioned_table(spark, store):
     store.merge(spark.createDataFrame([("a", 1), ("b", 2)], "k string, v int"), "m", ["k"])
     store.merge(spark.createDataFrame([("b", 20), ("c", 3)], "k string, v int"), "m", ["k"])
     assert sorted(tuple(r) for r in store.read("m").collect()) == [("a", 1), ("b", 20), ("c", 3)]
+    for value in (4, 5):  # a null key is a key: matched, not inserted again
+        store.merge(spark.createDataFrame([(None, value)], "k string, v int"), "m", ["k"])
+    assert sorted((r.k or "", r.v) for r in store.read("m").collect()) == [
+        ("", 5),
+        ("a", 1),
+        ("b", 20),
+        ("c", 3),
+    ]
 
 
 def test_a_merge_keyed_by_the_partition_column_does_not_conflict_with_another_partitions_writer(
