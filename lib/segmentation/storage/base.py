@@ -24,8 +24,8 @@ Txn = tuple[str, int]
 
 # A merge into a table partitioned by one of its keys names the partitions its rows fall in, so that it
 # reads and conflicts with only those: pipeline_runs gains a partition per run and per stream
-# micro-batch, and an upsert that scanned them all took 3.3-4.4 s a stage record at 3000 runs here,
-# 1.3 s named. Past this many the literal list costs more than it saves.
+# micro-batch, and a stage record that scanned them all took 5.7 s at 3000 runs here, 2.6 s named (2.2 s
+# either way at 8 runs). Past this many the literal list costs more than it saves.
 MERGE_PARTITIONS_NAMED = 1000
 
 # The interop profile of every product table, set explicitly when a table is created (both engines)
