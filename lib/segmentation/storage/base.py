@@ -209,12 +209,12 @@ class TableStore(ABC):
     def _merge(self, df: DataFrame, name: str, keys: list[str]) -> None:
         """`merge` into an existing table of the same schema."""
 
-    def _merged_partitions(self, df: DataFrame, name: str, keys: list[str]) -> tuple[str, list] | None:
-        """The partitions a merge of `df` can change: the table's partition column when it is its only
-        one and a merge key, with the values `df` holds there. None when the table is partitioned
-        otherwise, or `df` holds a null there or more than MERGE_PARTITIONS_NAMED values (then the
-        merge considers the whole table)."""
-        parts = self.partition_columns(name)
+    @staticmethod
+    def _merged_partitions(df: DataFrame, parts: list[str], keys: list[str]) -> tuple[str, list] | None:
+        """The partitions a merge of `df` can change in a table partitioned by `parts`: the partition
+        column when it is the only one and a merge key, with the values `df` holds there. None when
+        the table is partitioned otherwise, or `df` holds a null there or more than
+        MERGE_PARTITIONS_NAMED values (then the merge considers the whole table)."""
         if len(parts) != 1 or parts[0] not in keys:
             return None
         column = parts[0]

@@ -188,7 +188,8 @@ class DeltaRsStore(TableStore):
 
     def _merge(self, df: DataFrame, name: str, keys: list[str]) -> None:
         existing = self.read(name)
-        touched = self._merged_partitions(df, name, keys)
+        parts = self.partition_columns(name)
+        touched = self._merged_partitions(df, parts, keys)
         if touched is not None:
             # Only the partitions the new rows fall in change: rewrite just those.
             column, values = touched
@@ -196,7 +197,6 @@ class DeltaRsStore(TableStore):
             self.replace_where(kept.unionByName(df), name, column, values)
             return
         kept = _unmatched(existing, df, keys)
-        parts = self.partition_columns(name)
         self._write(kept.unionByName(df), name, mode="overwrite", partition_by=parts, keep_table=True)
 
     def _write(

@@ -358,7 +358,7 @@ class DeltaSparkStore(TableStore):
 
     def _merge(self, df: DataFrame, name: str, keys: list[str]) -> None:
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        touched = self._merged_partitions(df, name, keys)
+        touched = self._merged_partitions(df, self.partition_columns(name), keys)
         if touched is not None:
             # A literal predicate on the target is what Delta prunes files by (and checks conflicts
             # against); the join condition alone reads every partition.
