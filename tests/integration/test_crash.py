@@ -78,6 +78,7 @@ def test_a_cluster_run_killed_while_publishing_is_never_read_half(spark, lake, t
         "clustering.k=[3]",
         "clustering.algorithms=[kmeans]",
         "clustering.stability=off",
+        "clustering.candidates=[raw]",  # the subject is publishing, not fitting: no refinement to train
         "spark.master=local[1]",
     ]
     args = ["--conf", str(REPO / "conf" / "local.yaml")] + [a for s in settings for a in ("--set", s)]

@@ -130,9 +130,22 @@ def decile_cuts(reference: DataFrame, names: Sequence[str]) -> dict[str, list[fl
 
 
 def _bin(column: str, cuts: list[float]) -> Column:
-    """The bin of each value: how many cut points lie below it (nulls in bin 0)."""
-    value = F.coalesce(F.col(column).cast("double"), F.lit(float("-inf")))
-    return sum((F.when(value > F.lit(c), 1).otherwise(0) for c in cuts), F.lit(0))
+    """The bin of each value: how many cut points lie below it (nulls in bin 0). One SQL expression:
+    built from Column objects it took a py4j call per operator, ~3 s for 40 features of 9 cuts,
+    paid on every assign and stream micro-batch."""
+    value = f"coalesce(cast(`{column.replace('`', '``')}` as double), {_double(float('-inf'))})"
+    return F.expr(" + ".join(f"if({value} > {_double(c)}, 1, 0)" for c in cuts) or "0")
+
+
+def _double(value: float) -> str:
+    """A float as an exact Spark SQL double literal (repr round-trips; the D suffix makes it a double,
+    not a decimal)."""
+    value = float(value)
+    if np.isnan(value):
+        return "cast('NaN' as double)"
+    if np.isinf(value):
+        return f"cast('{'-' if value < 0 else ''}Infinity' as double)"
+    return f"{value!r}D"
 
 
 def histograms(frame: DataFrame, cuts: dict[str, list[float]]) -> dict[str, np.ndarray]:

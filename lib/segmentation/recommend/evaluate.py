@@ -72,7 +72,7 @@ def evaluate(
     # ideal DCG for n relevant items, n = 1..k: a literal array indexed by min(n, k)
     ideal = F.array(*[F.lit(sum(1 / math.log2(r + 1) for r in range(1, n + 1))) for n in range(1, k + 1)])
     wanted = relevant.groupBy("user_id").agg(F.count("*").alias("n_relevant"))
-    rows = []
+    per_user = []
     for method, candidate in candidates.items():
         shown = candidate.join(seen, ["user_id", "key"], "left_anti").withColumn(
             "position", F.row_number().over(Window.partitionBy("user_id").orderBy("rank"))
@@ -83,10 +83,11 @@ def evaluate(
             .groupBy("user_id")
             .agg(F.count("*").alias("hits"), F.sum(1 / F.log2(F.col("position") + 1)).alias("dcg"))
         )
-        per_user = (
+        per_user.append(
             evaluated.join(wanted, "user_id")
             .join(gains, "user_id", "left")
             .select(
+                F.lit(method).alias("method"),
                 "segment_id",
                 (F.coalesce(F.col("hits"), F.lit(0)) > 0).cast("double").alias("hit"),
                 (
@@ -94,17 +95,37 @@ def evaluate(
                 ).alias("ndcg"),
             )
         )
-        stats = [F.count("*").alias("users"), F.avg("hit").alias("hit_rate"), F.avg("ndcg").alias("ndcg")]
-        by_segment = per_user.groupBy("segment_id").agg(*stats).collect()  # a row per segment
-        overall = per_user.agg(*stats).first()
-        for row in [*by_segment, overall]:
-            rows.append(
-                {
-                    "method": method,
-                    "segment_id": row.asDict().get("segment_id"),  # None: the overall row
-                    "users": row["users"],
-                    "hit_rate": row["hit_rate"],
-                    "ndcg": row["ndcg"],
-                }
-            )
+    # Every method's figures per segment and overall in one job: rollup's subtotal over segment_id is
+    # the overall row (grouping() tells it from a segment; the grand total over methods is dropped).
+    figures = (
+        per_user[0]
+        .unionByName(per_user[1])
+        .rollup("method", "segment_id")
+        .agg(
+            F.count("*").alias("users"),
+            F.avg("hit").alias("hit_rate"),
+            F.avg("ndcg").alias("ndcg"),
+            F.grouping("method").alias("all_methods"),
+            F.grouping("segment_id").alias("overall"),
+        )
+        .where(F.col("all_methods") == 0)
+        .collect()  # a row per method and segment
+    )
+    rows = [
+        {
+            "method": r["method"],
+            "segment_id": None if r["overall"] else r["segment_id"],  # None: the overall row
+            "users": r["users"],
+            "hit_rate": r["hit_rate"],
+            "ndcg": r["ndcg"],
+        }
+        for r in figures
+    ]
+    # no user to evaluate: no group at all, but each method still reports its (empty) overall row
+    reported = {r["method"] for r in rows if r["segment_id"] is None}
+    rows += [
+        {"method": m, "segment_id": None, "users": 0, "hit_rate": None, "ndcg": None}
+        for m in candidates
+        if m not in reported
+    ]
     return rows

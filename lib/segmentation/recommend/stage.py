@@ -87,7 +87,11 @@ def run(ctx: StageContext) -> RecommendResult:
         store.replace_where(frame, RECOMMENDATION_EVALUATION, "run_id", [ctx.run_id])
         views.persist(store, ctx.cfg.privacy.min_segment_size, cfg.event_types)  # catalog lakes only
         overall = {r["method"]: r for r in rows if r["segment_id"] is None}
-        written = store.read(SEGMENT_RECOMMENDATIONS)
+        written = (
+            store.read(SEGMENT_RECOMMENDATIONS)
+            .agg(F.count("*").alias("rows"), F.countDistinct("segment_id").alias("segments"))
+            .head()
+        )
         for method, row in overall.items():
             log.info(
                 "recommend: %s lists, %d users with new purchases after %s: hit rate@%d %.3f, NDCG@%d %.3f",
@@ -101,8 +105,8 @@ def run(ctx: StageContext) -> RecommendResult:
             )
         return RecommendResult(
             rows_in=segments.count(),
-            rows_out=written.count(),
-            segments=written.select("segment_id").distinct().count(),
+            rows_out=written["rows"],
+            segments=written["segments"],
             hit_rate={m: r["hit_rate"] for m, r in overall.items()},
             ndcg={m: r["ndcg"] for m, r in overall.items()},
             evaluated_users=overall.get("segment", {}).get("users", 0),

@@ -86,6 +86,16 @@ def test_the_temporal_split_scores_new_purchases_by_hit_rate_and_ndcg(spark):
     assert rows[("popularity", None)]["ndcg"] == pytest.approx(third / 3)
 
 
+def test_without_new_purchases_each_method_reports_an_empty_overall_row(spark):
+    after = [("a1", "x")]  # bought before: nothing new to recommend against
+    purchases = _purchases(spark, BEFORE).unionByName(_purchases(spark, after, T0 + dt.timedelta(days=20)))
+    rows = evaluate.evaluate(evaluate.split(purchases, 7), _segments(spark), 3, 2, "lift", 1)
+    assert sorted(rows, key=lambda r: r["method"]) == [
+        {"method": m, "segment_id": None, "users": 0, "hit_rate": None, "ndcg": None}
+        for m in ("popularity", "segment")
+    ]
+
+
 def test_no_purchases_no_split(spark):
     empty = spark.createDataFrame([], "user_id string, key string, event_time timestamp")
     assert evaluate.split(empty, 7) is None
