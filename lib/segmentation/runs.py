@@ -44,8 +44,9 @@ def record_stage(
     for attempt in range(1, AUDIT_ATTEMPTS + 1):
         try:
             if status == "running" and not _has_row(ctx.store, ctx.run_id, stage):
-                # A stage's first row: an append reads no file and conflicts with no other writer, where
-                # a MERGE scans and rewrites the run's partition (about half a stage record's time).
+                # A stage's first row: an append reads no file and conflicts with no other writer
+                # (only with one creating the table: retried below), where a MERGE scans and rewrites
+                # the run's partition.
                 ctx.store.append(frame, PIPELINE_RUNS, ["run_id"])
             else:
                 ctx.store.merge(frame, PIPELINE_RUNS, ["run_id", "stage"], ["run_id"])

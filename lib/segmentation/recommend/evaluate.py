@@ -14,6 +14,7 @@ had not bought before. Against the same lists' baseline: global popularity. Both
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from dataclasses import dataclass
 
@@ -98,8 +99,7 @@ def evaluate(
     # Every method's figures per segment and overall in one job: rollup's subtotal over segment_id is
     # the overall row (grouping() tells it from a segment; the grand total over methods is dropped).
     figures = (
-        per_user[0]
-        .unionByName(per_user[1])
+        functools.reduce(DataFrame.unionByName, per_user)
         .rollup("method", "segment_id")
         .agg(
             F.count("*").alias("users"),
