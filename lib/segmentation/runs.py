@@ -43,7 +43,7 @@ def record_stage(
     # snapshot is safe: retried, with a little jitter so racing writers spread out.
     for attempt in range(1, AUDIT_ATTEMPTS + 1):
         try:
-            if status == "running" and not _has_row(ctx.store, ctx.run_id, stage):
+            if status == "running" and stage not in recorded_stages(ctx.store, ctx.run_id):
                 # A stage's first row: an append reads no file and conflicts with no other writer
                 # (only with one creating the table: retried below), where a MERGE scans and rewrites
                 # the run's partition.
@@ -56,14 +56,6 @@ def record_stage(
                 raise
             log.info("pipeline_runs: %s; writing the row again (attempt %d)", exc, attempt + 1)
             time.sleep(random.uniform(0.2, 1.0) * attempt)
-
-
-def _has_row(store: TableStore, run_id: str, stage: str) -> bool:
-    """Whether pipeline_runs holds (run_id, stage): a resumed or redone stage, a reused --run-id."""
-    if not store.exists(PIPELINE_RUNS):
-        return False
-    mine = (F.col("run_id") == run_id) & (F.col("stage") == stage)  # one partition read
-    return bool(store.read(PIPELINE_RUNS).where(mine).limit(1).count())
 
 
 def recorded_stages(store: TableStore, run_id: str) -> dict[str, str]:
