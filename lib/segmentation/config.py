@@ -220,12 +220,22 @@ class FeaturesConfig:
     # rules keep the plain values. On by default by the quality lab's evidence, end to end on the tuning
     # worlds and then the held-out worlds (README, "Activity net of volume"; docs/quality.md).
     partial_out_volume: bool = True
+    # With partial_out_volume: the spend totals too (SPEND_TOTALS: purchase_count, purchase_total,
+    # return_total, quantity_total), which grow with activity as the activity features do. Off until
+    # the quality lab shows it helps (the per-purchase mean and the shares are never netted).
+    partial_out_spend: bool = False
 
     def validate(self) -> None:
         _require(self.min_events >= 1, "features.min_events", "must be at least 1")
         _require(self.clip_std > 0, "features.clip_std", "must be positive")
         _require(self.top_categories >= 0, "features.top_categories", "must not be negative")
         _require(self.top_devices >= 0, "features.top_devices", "must not be negative")
+        _require(
+            self.partial_out_volume or not self.partial_out_spend,
+            "features.partial_out_spend",
+            "nets the spend totals of volume alongside the activity features: set "
+            "features.partial_out_volume true as well, or this false",
+        )
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):

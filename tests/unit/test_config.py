@@ -150,3 +150,8 @@ def test_an_mlflow_file_store_under_a_folder_named_artifacts_is_refused(tmp_path
     load_config([], [f"storage.artifacts={tmp_path / 'artifacts'}", "training.tracking=false"])
     load_config([], [f"storage.artifacts={tmp_path / 'artifacts'}", "training.tracking_uri=databricks"])
     load_config([], [f"storage.artifacts={tmp_path / 'models'}"])
+
+
+def test_netting_the_spend_totals_needs_netting_on():
+    with pytest.raises(ConfigError, match="'features.partial_out_spend'.*partial_out_volume true"):
+        load_config([], ["features.partial_out_volume=false", "features.partial_out_spend=true"])

@@ -20,7 +20,8 @@ then standardized with the snapshot's mean and standard deviation, clipped at `f
 standard deviations, and constant features are dropped. With `features.partial_out_volume` (on by
 default), every *activity* feature but `n_events` then enters the `features` array net of volume: its
 scaled value minus its correlation with scaled `n_events` times scaled `n_events` (the table's columns
-keep the plain values). Time-of-day and weekend features use `features.timezone`. Ratios with a zero
+keep the plain values); with `features.partial_out_spend` as well (off by default), so do
+`purchase_count`, `purchase_total`, `return_total` and `quantity_total`. Time-of-day and weekend features use `features.timezone`. Ratios with a zero
 denominator are 0.
 """
 

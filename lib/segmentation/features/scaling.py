@@ -29,6 +29,9 @@ from segmentation.errors import StageError
 log = logging.getLogger(__name__)
 
 VOLUME = "n_events"  # what features.partial_out_volume takes out of the other activity features
+# features.partial_out_spend: the monetary features that are totals over a user's purchases, and so
+# grow with activity (purchase_mean, a per-purchase figure, does not)
+SPEND_TOTALS = ("purchase_count", "purchase_total", "return_total", "quantity_total")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,14 @@ from pyspark.sql import functions as F
 
 from segmentation.config import FeaturesConfig
 from segmentation.errors import StageError
-from segmentation.features.aggregates import Vocabulary, feature_specs, user_features, vocabulary
-from segmentation.features.scaling import Scaler, fit_scaler
+from segmentation.features.aggregates import (
+    FeatureSpec,
+    Vocabulary,
+    feature_specs,
+    user_features,
+    vocabulary,
+)
+from segmentation.features.scaling import SPEND_TOTALS, Scaler, fit_scaler
 from segmentation.spark import default_parallelism
 from segmentation.stage import StageContext, StageResult, summary_field
 from segmentation.tables import EVENTS_SILVER, USER_FEATURES
@@ -55,7 +61,7 @@ def run(ctx: StageContext) -> FeaturesResult:
         names = [s.name for s in specs]
         phase("per-user aggregation and scaling statistics")
         users = eligible_users(events, vocab, as_of, cfg).cache()
-        netted = [s.name for s in specs if s.family == "activity"] if cfg.partial_out_volume else []
+        netted = volume_netted(specs, cfg)
         scaler = replace(
             fit_scaler(
                 users, names, [s.log1p for s in specs], cfg.clip_std, ctx.run_id, asdict(vocab), netted
@@ -89,6 +95,15 @@ def run(ctx: StageContext) -> FeaturesResult:
         bot_users_excluded=n_bots,
         phase_seconds=seconds,
     )
+
+
+def volume_netted(specs: list[FeatureSpec], cfg: FeaturesConfig) -> list[str]:
+    """The features that enter the array net of volume: the activity family with
+    features.partial_out_volume, and the spend totals too with features.partial_out_spend."""
+    if not cfg.partial_out_volume:
+        return []
+    spend = SPEND_TOTALS if cfg.partial_out_spend else ()
+    return [s.name for s in specs if s.family == "activity" or s.name in spend]
 
 
 def eligible_users(

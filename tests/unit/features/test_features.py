@@ -247,6 +247,20 @@ def test_net_of_volume_the_activity_features_are_uncorrelated_with_the_event_cou
             assert after[:, i] == pytest.approx(before[:, i], abs=1e-6)
 
 
+def test_which_features_enter_net_of_volume():
+    """The activity family with features.partial_out_volume; the spend totals as well (never the
+    per-purchase mean) with features.partial_out_spend; nothing with netting off."""
+    specs = feature_specs()
+    activity = {s.name for s in specs if s.family == "activity"}
+    on = features.FeaturesConfig()
+    assert set(features.volume_netted(specs, on)) == activity
+    spend = {"purchase_count", "purchase_total", "return_total", "quantity_total"}
+    with_spend = dataclasses.replace(on, partial_out_spend=True)
+    assert set(features.volume_netted(specs, with_spend)) == activity | spend
+    assert "purchase_mean" in {s.name for s in specs}
+    assert features.volume_netted(specs, dataclasses.replace(on, partial_out_volume=False)) == []
+
+
 def test_net_of_volume_with_a_constant_feature_or_volume(spark):
     """A constant activity feature is dropped and a constant volume nets nothing, without the division
     by zero that Spark's corr raises there under ANSI mode."""
