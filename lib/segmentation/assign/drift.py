@@ -31,6 +31,7 @@ from pyspark.sql import functions as F
 from segmentation.artifacts import atomic_write_text, published
 from segmentation.cluster.segmenter import Segmenter
 from segmentation.stage import StageContext
+from segmentation.storage.base import sql_double
 from segmentation.tables import SEGMENT_CENTROIDS, SEGMENT_DRIFT, SEGMENT_DRIFT_SCHEMA, USER_FEATURES
 
 log = logging.getLogger(__name__)
@@ -133,19 +134,8 @@ def _bin(column: str, cuts: list[float]) -> Column:
     """The bin of each value: how many cut points lie below it (nulls in bin 0). One SQL expression:
     built from Column objects it took a py4j call per operator, ~3 s for 40 features of 9 cuts,
     paid on every assign and stream micro-batch."""
-    value = f"coalesce(cast(`{column.replace('`', '``')}` as double), {_double(float('-inf'))})"
-    return F.expr(" + ".join(f"if({value} > {_double(c)}, 1, 0)" for c in cuts) or "0")
-
-
-def _double(value: float) -> str:
-    """A float as an exact Spark SQL double literal (repr round-trips; the D suffix makes it a double,
-    not a decimal)."""
-    value = float(value)
-    if np.isnan(value):
-        return "cast('NaN' as double)"
-    if np.isinf(value):
-        return f"cast('{'-' if value < 0 else ''}Infinity' as double)"
-    return f"{value!r}D"
+    value = f"coalesce(cast(`{column.replace('`', '``')}` as double), {sql_double(float('-inf'))})"
+    return F.expr(" + ".join(f"if({value} > {sql_double(c)}, 1, 0)" for c in cuts) or "0")
 
 
 def histograms(frame: DataFrame, cuts: dict[str, list[float]]) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -355,13 +356,26 @@ def partition_string(value: object) -> str | None:
     return str(value)
 
 
+def sql_double(value: float) -> str:
+    """A float as an exact Spark SQL double literal: repr round-trips, and the D suffix makes it a
+    double where a bare 0.1 is a decimal; NaN and the infinities have no literal, so they are cast."""
+    value = float(value)
+    if math.isnan(value):
+        return "cast('NaN' as double)"
+    if math.isinf(value):
+        return f"cast('{'-' if value < 0 else ''}Infinity' as double)"
+    return f"{value!r}D"
+
+
 def sql_literal(value: object) -> str:
     """A partition value as a Spark SQL literal (for predicates such as replaceWhere)."""
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return str(value).upper()
-    if isinstance(value, int | float):
+    if isinstance(value, float):
+        return sql_double(value)
+    if isinstance(value, int):
         return repr(value)
     if isinstance(value, dt.datetime):
         raise StorageError("timestamp partition values are not supported; partition by a date or string")
