@@ -16,6 +16,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
+from functools import reduce
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -176,27 +177,39 @@ class DeltaSparkStore(TableStore):
 
     def _version_and_generation(self, name: str, app_id: str) -> tuple[int, int]:
         if is_connect(self.spark):
-            return self.version(name), self._logged_generation(name, app_id)
+            version = self.version(name)
+            return version, self._logged_generation(name, app_id, version)
         _, snap = self._jsnapshot(name)
         seen = snap.transactions().get(app_id)
         return int(snap.version()), int(seen.get()) if seen.isDefined() else 0
 
-    def _logged_generation(self, name: str, app_id: str) -> int:
-        """`app_id`'s idempotent-write version, read from the log files as a table (Spark Connect):
-        every commit file and checkpoint the log keeps. A checkpoint carries each app's latest
-        version, and versions only grow, so the largest one logged is the current one. It may be a
-        commit newer than the version read beside it; the write it guards checks again when it
-        commits."""
+    def _logged_generation(self, name: str, app_id: str, version: int) -> int:
+        """`app_id`'s idempotent-write version at `version`, read from the log files as a table (Spark
+        Connect): the newest checkpoint up to `version`, which carries each app's latest version, and
+        the commits after it up to `version`, named by path. The read stays one checkpoint and at most
+        a checkpoint interval of commits however long the log grows (a stream commits every
+        micro-batch). Versions only grow, so the largest one logged is the one at `version`."""
         log_dir = self._path(name).rstrip("/") + "/_delta_log"
-        commits = self.spark.read.schema(_TXN_SCHEMA).option("pathGlobFilter", "*.json").json(log_dir)
-        checkpoints = (
-            self.spark.read.schema(_TXN_SCHEMA)
-            .option("pathGlobFilter", "*.checkpoint*.parquet")
-            .parquet(log_dir)
-        )
-        actions = commits.unionByName(checkpoints)
-        newest = actions.where(F.col("txn.appId") == app_id).agg(F.max("txn.version")).head()[0]
-        return int(newest or 0)
+        # a reader per read: a Spark Connect reader's plan keeps a reference to its options
+        actions = lambda: self.spark.read.schema(_TXN_SCHEMA)  # noqa: E731
+
+        # Spark's readers skip files named with a leading underscore, `_last_checkpoint` among them:
+        # the newest checkpoint is found by listing (binaryFile reads no content unless asked for it).
+        listed = self.spark.read.format("binaryFile").option("pathGlobFilter", "*.checkpoint*").load(log_dir)
+        number = F.regexp_extract(F.element_at(F.split("path", "/"), -1), r"^(\d+)\.checkpoint", 1)
+        since = listed.select(number.cast("long").alias("v")).where(F.col("v") <= version).agg(F.max("v"))
+        newest = since.head()[0]
+        newest = -1 if newest is None else int(newest)
+        # a classic checkpoint (single or multi-part) is Parquet; a V2 one may be JSON
+        parts = [
+            actions().format(fmt).option("pathGlobFilter", f"{newest:020d}.checkpoint*.{fmt}").load(log_dir)
+            for fmt in ("parquet", "json")
+        ]
+        commits = [f"{log_dir}/{v:020d}.json" for v in range(newest + 1, version + 1)]
+        if commits:
+            parts.append(actions().json(commits))
+        mine = reduce(DataFrame.unionByName, parts).where(F.col("txn.appId") == app_id)
+        return int(mine.agg(F.max("txn.version")).head()[0] or 0)
 
     def properties(self, name: str) -> dict[str, str]:
         return dict(self._detail(name).properties)

@@ -408,6 +408,30 @@ def test_a_guard_taken_before_the_table_existed(spark, store, frame):
     assert len(partition_rows(store, "t")) == 3 and store.read_point("t", "writer").generation == 1
 
 
+def test_a_generation_is_read_through_the_newest_checkpoint_alone(spark, store, frame):
+    """Log cleanup removes the commits a checkpoint covers, and a log that grows by the minute must not
+    be read whole: a generation recorded only in the newest checkpoint is found, without the
+    `_last_checkpoint` hint too, and an older checkpoint (here unreadable) is never opened."""
+    store.overwrite(frame, "t", ["event_date"])
+    store.set_properties("t", {"delta.checkpointInterval": "2"})
+    for generation in (1, 2, 3):
+        store.append(frame.limit(1), "t", ["event_date"], txn=("writer", generation))
+    store.append(frame.limit(1), "t", ["event_date"])  # a commit after the checkpoint, of no writer
+    log_dir = Path(store.location("t")) / "_delta_log"
+    checkpoints = sorted(log_dir.glob("*.checkpoint*.parquet"))
+    assert len(checkpoints) >= 2, [p.name for p in log_dir.iterdir()]
+    newest = int(checkpoints[-1].name.split(".")[0])
+    for old in checkpoints[:-1]:
+        old.write_bytes(b"not a checkpoint")
+    for commit in log_dir.glob("*.json"):
+        if int(commit.name.split(".")[0]) <= newest:
+            commit.unlink()
+    assert store.read_point("t", "writer").generation == 3
+    assert store.read_point("t", "other").generation == 0
+    (log_dir / "_last_checkpoint").unlink()
+    assert store.read_point("t", "writer").generation == 3
+
+
 def test_the_commit_itself_refuses_a_stale_guard(spark, store, frame, monkeypatch):
     """The early check is a courtesy; the commit is what holds (another writer may commit between
     the check and the commit): with the check switched off the stale write still does not land."""
