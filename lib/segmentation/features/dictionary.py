@@ -21,8 +21,8 @@ standard deviations, and constant features are dropped. With `features.partial_o
 default), every *activity* feature but `n_events` then enters the `features` array net of volume: its
 scaled value minus its correlation with scaled `n_events` times scaled `n_events` (the table's columns
 keep the plain values); with `features.partial_out_spend` as well (off by default), so do
-`purchase_count`, `purchase_total`, `return_total` and `quantity_total`. Time-of-day and weekend features use `features.timezone`. Ratios with a zero
-denominator are 0.
+`purchase_count`, `purchase_total`, `return_total` and `quantity_total`. Time-of-day and weekend
+features use `features.timezone`. Ratios with a zero denominator are 0.
 """
 
 
