@@ -191,23 +191,24 @@ class DeltaSparkStore(TableStore):
         micro-batch). Versions only grow, so the largest one logged is the one at `version`."""
         log_dir = self._path(name).rstrip("/") + "/_delta_log"
         # a reader per read: a Spark Connect reader's plan keeps a reference to its options
-        actions = lambda: self.spark.read.schema(_TXN_SCHEMA)  # noqa: E731
-
+        reader = lambda: self.spark.read.schema(_TXN_SCHEMA)  # noqa: E731
         # Spark's readers skip files named with a leading underscore, `_last_checkpoint` among them:
         # the newest checkpoint is found by listing (binaryFile reads no content unless asked for it).
         listed = self.spark.read.format("binaryFile").option("pathGlobFilter", "*.checkpoint*").load(log_dir)
         number = F.regexp_extract(F.element_at(F.split("path", "/"), -1), r"^(\d+)\.checkpoint", 1)
-        since = listed.select(number.cast("long").alias("v")).where(F.col("v") <= version).agg(F.max("v"))
-        newest = since.head()[0]
+        numbers = listed.select(number.cast("long").alias("v")).where(F.col("v") <= version)
+        newest = numbers.agg(F.max("v")).head()[0]
         newest = -1 if newest is None else int(newest)
-        # a classic checkpoint (single or multi-part) is Parquet; a V2 one may be JSON
-        parts = [
-            actions().format(fmt).option("pathGlobFilter", f"{newest:020d}.checkpoint*.{fmt}").load(log_dir)
-            for fmt in ("parquet", "json")
-        ]
-        commits = [f"{log_dir}/{v:020d}.json" for v in range(newest + 1, version + 1)]
-        if commits:
-            parts.append(actions().json(commits))
+        parts = []
+        if newest >= 0:
+            # a classic checkpoint (single or multi-part) is Parquet; a V2 one may be JSON
+            glob = f"{newest:020d}.checkpoint*"
+            parts += [
+                reader().format(f).option("pathGlobFilter", f"{glob}.{f}").load(log_dir)
+                for f in ("parquet", "json")
+            ]
+        if newest < version:  # none when the version read is the checkpoint's own
+            parts.append(reader().json([f"{log_dir}/{v:020d}.json" for v in range(newest + 1, version + 1)]))
         mine = reduce(DataFrame.unionByName, parts).where(F.col("txn.appId") == app_id)
         return int(mine.agg(F.max("txn.version")).head()[0] or 0)
 

@@ -416,6 +416,7 @@ def test_a_generation_is_read_through_the_newest_checkpoint_alone(spark, store, 
     store.set_properties("t", {"delta.checkpointInterval": "2"})
     for generation in (1, 2, 3):
         store.append(frame.limit(1), "t", ["event_date"], txn=("writer", generation))
+    assert store.read_point("t", "writer").generation == 3  # the version read is a checkpoint's own
     store.append(frame.limit(1), "t", ["event_date"])  # a commit after the checkpoint, of no writer
     log_dir = Path(store.location("t")) / "_delta_log"
     checkpoints = sorted(log_dir.glob("*.checkpoint*.parquet"))
