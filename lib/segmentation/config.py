@@ -221,8 +221,9 @@ class FeaturesConfig:
     # worlds and then the held-out worlds (README, "Activity net of volume"; docs/quality.md).
     partial_out_volume: bool = True
     # With partial_out_volume: the spend totals too (SPEND_TOTALS: purchase_count, purchase_total,
-    # return_total, quantity_total), which grow with activity as the activity features do. Off until
-    # the quality lab shows it helps (the per-purchase mean and the shares are never netted).
+    # return_total, quantity_total), which grow with activity as the activity features do. Off: on the
+    # tuning worlds it lifted profile worlds and lowered sequence worlds (README, "Spend net of volume
+    # too"). The per-purchase mean and the shares are never netted.
     partial_out_spend: bool = False
 
     def validate(self) -> None:
