@@ -108,6 +108,10 @@ def test_quality_lab_smoke(tmp_path, capsys):
     assert 0 < len(world["segment_recall"]) <= world["world"]["k"]
     assert world["identifiable_k"] == max(1, sum(r >= 0.5 for r in world["segment_recall"]))
 
+    # clusterboot's figures per segment, so that rules over them replay from the results file
+    for figures in (f for rep in ("raw", "embedding") for f in world["evidence"][rep]):
+        assert len(figures["jaccard"]) == figures["k"] and min(figures["jaccard"]) == figures["jaccard_min"]
+
     density = {"hdbscan/raw", "hdbscan/embedding"}
     ends = {PRODUCT, ALL_FOUR, IDEC_ALONE, SEQUENCE_ALONE}  # the cluster stage's own fits
     assert set(world["choices"]) == set(methods()) | ends | density

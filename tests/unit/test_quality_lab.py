@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from segmentation.tools.bench import quality
 
@@ -54,6 +55,28 @@ def test_the_goals_say_how_often_the_best_partition_has_the_planted_k():
     assert "the best-ARI k-means candidate has the planted k in 50% of worlds" in page
     assert "reaches a mean ARI of 0.700 against 0.850 for the best candidate" in page
     assert "(quality.png)" in page and "`make quality`" in page
+
+
+def test_the_k_goal_ceiling_takes_the_planted_k_where_it_costs_least():
+    """0.8 of 5 worlds at the planted k: the one world left free is the one with no candidate at its
+    planted k; with 4 worlds, 0.75 leaves one free, and it goes to the largest oracle gap (0.4)."""
+    worlds = [
+        world(
+            1000, 4, {"raw:4": 0.5, "raw:5": 0.9, "embedding:4": 0.1}, 4
+        ),  # 0.4 below the oracle at the planted k
+        world(1001, 4, {"raw:4": 0.8, "raw:6": 0.9, "embedding:4": 0.1}, 4),
+        world(1002, 4, {"raw:4": 0.6, "embedding:4": 0.1}, 4),
+        world(1003, 4, {"raw:4": 0.6, "embedding:4": 0.1}, 4),
+    ]
+    results = [quality.with_references(w) for w in worlds]
+    no_planted_k = quality.with_references(world(1004, 12, {"raw:3": 0.5, "embedding:3": 0.1}, 3))
+    assert quality.k_goal_ceiling(results, 0.8) == pytest.approx(2.5 / 3.0)  # all four at the planted k
+    assert quality.k_goal_ceiling(results, 0.75) == pytest.approx(2.9 / 3.0)
+    assert quality.k_goal_ceiling([*results, no_planted_k], 0.8) == pytest.approx(3.0 / 3.5)
+    assert quality.k_goal_ceiling([*results[:3], no_planted_k, no_planted_k], 0.8) is None
+    summary = quality.summarise([*results, no_planted_k])
+    page = quality.markdown(summary, [*results, no_planted_k], Path("docs/quality.jsonl"))
+    assert "would reach at most **0.857 x the oracle**: below the ARI goal of 0.95" in page
 
 
 def test_a_segment_inside_another_is_not_identifiable():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +62,10 @@ REFERENCES = (BEST_CANDIDATE, PLANTED_K, IDENTIFIABLE_K)
 # A planted segment counts as identifiable when a classifier trained on the truth gets at least this
 # share of its members back (segment_recall): most of them, so it exists apart from its neighbours.
 IDENTIFIABLE_RECALL = 0.5
+# Issue #18's goals for the shipped default on the held-out worlds.
+ORACLE_RATIO_GOAL = 0.95
+K_EXACT_GOAL = 0.80
+K_WITHIN_1_GOAL = 0.95
 
 
 def held_out_seeds(count: int) -> list[int]:
@@ -186,6 +191,8 @@ def measure_world(spark: SparkSession, cfg: Config, world: worlds.World, root: P
                     "gap_se": e.gap_se,
                     "jaccard_min": e.jaccard_min,
                     "jaccard_mean": e.jaccard_mean,
+                    # per segment: rules over the segments' stability replay from these
+                    "jaccard": None if e.jaccard is None else list(e.jaccard),
                 }
                 for e in evidence[rep]
             ]
@@ -386,7 +393,27 @@ def summarise(results: list[dict]) -> dict:
         subset = [r["oracle_ari"] for r in results if r["world"]["kind"] == kind]
         summary[f"oracle_ari_mean_{kind}"] = float(np.mean(subset)) if subset else None
     summary["oracle_ari_mean"] = float(np.mean([r["oracle_ari"] for r in results])) if results else None
+    summary["k_goal_ceiling"] = k_goal_ceiling(results, K_EXACT_GOAL)
     return summary
+
+
+def k_goal_ceiling(results: list[dict], exact: float) -> float | None:
+    """The highest ARI / oracle that a k rule knowing the truth could reach on `results` (with
+    references) while choosing the planted k in at least `exact` of the worlds: the planted-k reference
+    (the better k-means candidate at the planted k) in those worlds and the oracle partition in the rest,
+    the rest being the worlds where the two differ most. Worlds with no candidate at the planted k are
+    among the rest; None where they alone are more than the rest may hold (the share cannot be met)."""
+    oracle = [r["oracle_ari"] for r in results]
+    if not results or sum(oracle) <= 0:
+        return None
+    rest = len(results) - math.ceil(exact * len(results) - 1e-9)
+    planted = [r["choices"].get(PLANTED_K, {}).get("ari") for r in results]
+    missing = [o for o, a in zip(oracle, planted, strict=True) if a is None]
+    if len(missing) > rest:
+        return None
+    gains = sorted((o - a for o, a in zip(oracle, planted, strict=True) if a is not None), reverse=True)
+    at_planted = sum(a for a in planted if a is not None)
+    return (at_planted + sum(missing) + sum(gains[: rest - len(missing)])) / sum(oracle)
 
 
 def _figures(results: list[dict], name: str) -> dict:
@@ -464,14 +491,22 @@ def goals(summary: dict) -> str:
     if not product:
         return "## Goals\n\nThe product's own row is missing: no goal can be checked."
     rows = [
-        ("mean ARI >= 0.95 x the oracle's", product["oracle_ratio"], 0.95),
-        ("k exact in >= 80% of worlds", product["k_exact"], 0.80),
-        ("k within ±1 in >= 95% of worlds", product["k_within_1"], 0.95),
+        (f"mean ARI >= {ORACLE_RATIO_GOAL} x the oracle's", product["oracle_ratio"], ORACLE_RATIO_GOAL),
+        (f"k exact in >= {K_EXACT_GOAL:.0%} of worlds", product["k_exact"], K_EXACT_GOAL),
+        (f"k within ±1 in >= {K_WITHIN_1_GOAL:.0%} of worlds", product["k_within_1"], K_WITHIN_1_GOAL),
     ]
     if product["k_exact_identifiable"] is not None:  # beside the goals, not one of them
         rows += [
-            ("(beside them) k exact against the identifiable k", product["k_exact_identifiable"], 0.80),
-            ("(beside them) k within ±1 of the identifiable k", product["k_within_1_identifiable"], 0.95),
+            (
+                "(beside them) k exact against the identifiable k",
+                product["k_exact_identifiable"],
+                K_EXACT_GOAL,
+            ),
+            (
+                "(beside them) k within ±1 of the identifiable k",
+                product["k_within_1_identifiable"],
+                K_WITHIN_1_GOAL,
+            ),
         ]
     lines = [
         "## Goals (the shipped default, all worlds)",
@@ -495,6 +530,21 @@ def goals(summary: dict) -> str:
             f"{best['ari_mean']:.3f} for the best candidate. Where the best partition has another k than "
             "the planted one, a rule cannot meet both the k goals and the ARI goal there.",
         ]
+        ceiling = summary.get("k_goal_ceiling")
+        if ceiling is not None:
+            lines += [
+                "",
+                f"**The goals together**: a rule that knew the truth and chose the planted k in "
+                f"{K_EXACT_GOAL:.0%} of these worlds (the better k-means partition at that k), and the "
+                f"oracle's partition in the other worlds, where the two differ most, would reach at most "
+                f"**{ceiling:.3f} x the oracle**"
+                + (
+                    f": below the ARI goal of {ORACLE_RATIO_GOAL}, so no k rule over these k-means candidates "
+                    "meets the k exact goal and the ARI goal together on these worlds."
+                    if ceiling < ORACLE_RATIO_GOAL
+                    else f", so the k exact goal and the ARI goal of {ORACLE_RATIO_GOAL} can be met together."
+                ),
+            ]
         if best["k_exact_identifiable"] is not None:
             lines += [
                 "",
