@@ -61,9 +61,8 @@ def test_the_k_goal_ceiling_takes_the_planted_k_where_it_costs_least():
     """0.8 of 5 worlds at the planted k: the one world left free is the one with no candidate at its
     planted k; with 4 worlds, 0.75 leaves one free, and it goes to the largest oracle gap (0.4)."""
     worlds = [
-        world(
-            1000, 4, {"raw:4": 0.5, "raw:5": 0.9, "embedding:4": 0.1}, 4
-        ),  # 0.4 below the oracle at the planted k
+        # 0.4 below the oracle at the planted k
+        world(1000, 4, {"raw:4": 0.5, "raw:5": 0.9, "embedding:4": 0.1}, 4),
         world(1001, 4, {"raw:4": 0.8, "raw:6": 0.9, "embedding:4": 0.1}, 4),
         world(1002, 4, {"raw:4": 0.6, "embedding:4": 0.1}, 4),
         world(1003, 4, {"raw:4": 0.6, "embedding:4": 0.1}, 4),
