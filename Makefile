@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.setup-done
 CONF   ?= conf/local.yaml
 DEMO_USERS ?= 20000
 
-.PHONY: setup browser demo test test-fast bench quality quality-tuning lint docs lock clean cluster-up cluster-down connect-up \
+.PHONY: setup browser demo test test-fast test-tools bench quality quality-tuning lint docs lock clean cluster-up cluster-down connect-up \
 	connect-down wheel
 
 setup: $(STAMP)
@@ -18,8 +18,9 @@ demo: $(STAMP)
 	$(BIN)/segment generate --conf $(CONF) --set generate.users=$(DEMO_USERS)
 	$(BIN)/segment run --conf $(CONF) --set ingest.mode=full
 
+# Everything but the developer tools' smoke tests (`make test-tools`); CI runs this.
 test: $(STAMP) browser
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests -m "not tools"
 
 # Debian's Chromium for the report's browser test (installed when missing and run as root).
 browser:
@@ -28,6 +29,11 @@ browser:
 # The pure tier: no SparkSession, no training processes.
 test-fast: $(STAMP)
 	$(BIN)/pytest tests -m "not spark and not slow"
+
+# The smoke tests of `segment bench` and of the quality lab on tiny sizes (about 10 minutes here): run
+# them after changing either tool, and before `make bench` / `make quality` spend their hours.
+test-tools: $(STAMP)
+	$(BIN)/pytest tests -m tools
 
 # Not part of `make test`: about 15 minutes here. Results: docs/benchmark.json and docs/benchmark.md.
 bench: $(STAMP)

@@ -1,4 +1,5 @@
-"""`segment bench` smoke test on tiny sizes: it runs and writes every figure and target."""
+"""`segment bench` smoke tests on tiny sizes: it runs and writes every figure and target; the quality lab
+measures a world. Developer tools, so `make test-tools` runs these and `make test` (CI) does not."""
 
 import json
 
@@ -31,7 +32,9 @@ KEYS = {
 }
 
 
-@pytest.mark.slow
+pytestmark = [pytest.mark.tools, pytest.mark.slow]
+
+
 def test_bench_smoke(tmp_path, capsys):
     out = tmp_path / "bench.json"
     overrides = [
@@ -75,7 +78,6 @@ def test_bench_smoke(tmp_path, capsys):
     assert "embed_ratio_vs_torch" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_quality_lab_smoke(tmp_path, capsys):
     """One small world through the lab: every method's choice, the product's own, the page and the plot;
     a rerun measures nothing again."""

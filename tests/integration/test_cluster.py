@@ -32,6 +32,7 @@ SETTINGS = (
     "training.tracking=false",
     # every stage runs on the cluster, the sequence encoder's too (its training through TorchDistributor)
     "clustering.candidates=[embedding, raw, idec, sequence]",
+    "clustering.algorithms=[kmeans]",  # bisecting k-means runs in the shared lake's pipeline
     "sequence.epochs=3",
 )
 

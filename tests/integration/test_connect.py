@@ -33,7 +33,10 @@ SETTINGS = (
     "clustering.k=[4, 5]",
     "training.epochs=4",
     "clustering.candidates=[embedding, raw, idec, sequence]",  # every stage runs
+    "clustering.algorithms=[kmeans]",  # bisecting k-means runs in the shared lake's pipeline
     "sequence.epochs=2",
+    # upkeep over Connect on the table the stream and assign wrote last (test_engines maintains all)
+    "maintain.tables=[user_segments]",
 )
 
 

@@ -423,19 +423,37 @@ def cluster_vs_local(spark: SparkSession, cfg: Config, work: Path, results: dict
         lines = (proc.stderr + proc.stdout).strip().splitlines() or ["(no output)"]
         tail = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1])
         raise RuntimeError(f"bench: the cluster run failed: {tail}")
-    # spark-submit merges the driver's log (stderr) into its stdout; the summary line names the run.
-    run_id = re.search(r"^run (\S+): ", proc.stdout, re.M).group(1)
-    stages = _stage_seconds(spark, on_cluster, run_id)
-    local_stages = results["e2e_stage_seconds"][size]
-    ratios = {s: stages[s] / local_stages[s] for s in stages if local_stages.get(s)}
+    run_id = submitted_run_id(proc.stdout)
+    figures = cluster_figures(size, seconds, _stage_seconds(spark, on_cluster, run_id), results)
     log.info(
-        "bench: cluster %.1f s vs local %.1f s; stages %s", seconds, results["e2e_seconds"][size], stages
+        "bench: cluster %.1f s vs local %.1f s; stages %s",
+        seconds,
+        results["e2e_seconds"][size],
+        figures["cluster_stage_seconds"],
     )
+    return figures
+
+
+def submitted_run_id(stdout: str) -> str:
+    """The run id in a `spark-submit jobs/run.py` output: spark-submit merges the driver's log (stderr)
+    into its stdout, and the summary line `run RUN_ID: ...` names the run."""
+    found = re.search(r"^run (\S+): ", stdout, re.M)
+    if found is None:
+        raise RuntimeError("bench: the cluster run printed no `run RUN_ID:` summary line")
+    return found.group(1)
+
+
+def cluster_figures(size: str, seconds: float, stages: dict[str, float], results: dict) -> dict:
+    """The cluster run's figures beside the local run of the same `size`: its seconds, its stage seconds
+    and each one's ratio to the local stage (stages the local run did not time are left out)."""
+    local_stages = results["e2e_stage_seconds"][size]
     return {
         "cluster_events": int(size),
         "cluster_seconds": seconds,
         "cluster_stage_seconds": stages,
-        "cluster_stage_ratio_vs_local": ratios,
+        "cluster_stage_ratio_vs_local": {
+            s: stages[s] / local_stages[s] for s in stages if local_stages.get(s)
+        },
         "cluster_ratio_vs_local": seconds / results["e2e_seconds"][size],
     }
 
