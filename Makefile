@@ -30,7 +30,7 @@ browser:
 test-fast: $(STAMP)
 	$(BIN)/pytest tests -m "not spark and not slow"
 
-# The smoke tests of `segment bench` and of the quality lab on tiny sizes (about 10 minutes here): run
+# The smoke tests of `segment bench` and of the quality lab on tiny sizes (about 15 minutes here): run
 # them after changing either tool, and before `make bench` / `make quality` spend their hours.
 test-tools: $(STAMP)
 	$(BIN)/pytest tests -m tools
