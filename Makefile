@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.setup-done
 CONF   ?= conf/local.yaml
 DEMO_USERS ?= 20000
 
-.PHONY: setup browser demo test test-fast test-tools bench quality quality-tuning lint docs lock clean cluster-up cluster-down connect-up \
+.PHONY: setup browser demo test test-fast test-tools test-connect bench quality quality-tuning lint docs lock clean cluster-up cluster-down connect-up \
 	connect-down wheel
 
 setup: $(STAMP)
@@ -18,9 +18,10 @@ demo: $(STAMP)
 	$(BIN)/segment generate --conf $(CONF) --set generate.users=$(DEMO_USERS)
 	$(BIN)/segment run --conf $(CONF) --set ingest.mode=full
 
-# Everything but the developer tools' smoke tests (`make test-tools`); CI runs this.
+# Everything but the developer tools' smoke tests (`make test-tools`) and the Spark Connect tests (`make
+# test-connect`), which CI's 90 minutes no longer hold; CI runs this.
 test: $(STAMP) browser
-	$(BIN)/pytest tests -m "not tools"
+	$(BIN)/pytest tests -m "not tools and not connect"
 
 # Debian's Chromium for the report's browser test (installed when missing and run as root).
 browser:
@@ -34,6 +35,11 @@ test-fast: $(STAMP)
 # them after changing either tool, and before `make bench` / `make quality` spend their hours.
 test-tools: $(STAMP)
 	$(BIN)/pytest tests -m tools
+
+# The product as a Spark Connect client (tests/integration/test_connect.py, about 10 minutes here): run it
+# after changing the table layer, the CLI or anything that branches on Spark Connect.
+test-connect: $(STAMP)
+	$(BIN)/pytest tests -m connect
 
 # Not part of `make test`: about 15 minutes here. Results: docs/benchmark.json and docs/benchmark.md.
 bench: $(STAMP)

@@ -26,7 +26,8 @@ from segmentation.tables import EVENTS_QUARANTINE, PIPELINE_RUNS, USER_FEATURES,
 from tests.conftest import REMOTE_ENV, REPO, cli_args, make_config
 from tests.integration.segment_checks import day2_logs
 
-pytestmark = pytest.mark.slow
+# `make test-connect`: outside `make test` (CI) for its time, ~10 minutes of a suite past CI's limit
+pytestmark = [pytest.mark.slow, pytest.mark.connect]
 
 SETTINGS = (
     "generate.users=1000",
